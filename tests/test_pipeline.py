@@ -1,0 +1,80 @@
+"""The papermill runner: smoke runs per dataset, run-folder rules, failures that name their cell."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import yaml
+
+from improve_lib import pipeline
+from improve_lib.errors import StudyInputError
+
+pytestmark = pytest.mark.slow
+
+
+def _check_run(run_dir, dataset):
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["complete"] and m["dataset"] == dataset and m["seed"] == 0
+    assert m["packages"]["torch"] and "commit" in m["git"]
+    assert all(v["status"] == "done" for v in m["stages"].values())
+    assert "data/split.csv" in m["outputs"] and "notebooks/01_explore_data.ipynb" in m["outputs"]
+    assert (run_dir / "figures" / "01_class_counts.png").is_file()
+    params = yaml.safe_load((run_dir / "params.yaml").read_text())
+    assert params["PROFILE"] == "smoke" and params["DATASET"] == dataset
+    return m
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "ham10000", "bone_marrow"])
+def test_smoke_run_01(dataset, tmp_path, request):
+    data_dir = None
+    if dataset != "synthetic":
+        data_dir = request.getfixturevalue("ham_dir" if dataset == "ham10000" else "bm_dir")
+    run = pipeline.run_pipeline("smoke", dataset=dataset, data_dir=data_dir, run_dir=tmp_path / "run",
+                                only=["01"], progress=False)
+    m = _check_run(run, dataset)
+    if dataset == "bone_marrow":
+        excluded = [r["class_name"] for r in m["facts"]["01_explore_data"]["excluded_classes"] if not r["kept"]]
+        assert "EBO" in excluded and "NGB" in excluded
+    if dataset == "ham10000":
+        assert any(k.endswith("HAM10000_metadata.csv") for k in m["inputs"])
+
+
+def test_refuses_non_empty_run_dir_and_bad_input_leaves_nothing(tmp_path, ham_dir):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x.txt").write_text("keep me")
+    with pytest.raises(StudyInputError, match="not empty.*--resume.*--force"):
+        pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", only=["01"], progress=False)
+    assert (tmp_path / "run" / "x.txt").read_text() == "keep me"
+    with pytest.raises(StudyInputError, match="does not exist"):
+        pipeline.run_pipeline("smoke", dataset="ham10000", data_dir=tmp_path / "nope", run_dir=tmp_path / "r2",
+                              only=["01"], progress=False)
+    assert not (tmp_path / "r2").exists()
+    with pytest.raises(StudyInputError, match="NOT_A_PARAM"):
+        pipeline.run_pipeline("smoke", run_dir=tmp_path / "r3", sets={"NOT_A_PARAM": 1}, progress=False)
+    with pytest.raises(StudyInputError, match="unknown profile"):
+        pipeline.run_pipeline("nosuch", run_dir=tmp_path / "r4", progress=False)
+    assert not (tmp_path / "r3").exists() and not (tmp_path / "r4").exists()
+
+
+def test_failing_notebook_is_named_with_its_cell(tmp_path):
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    cells = [nbformat.v4.new_code_cell("SEED = 0  # seed"), nbformat.v4.new_code_cell("x = 1"),
+             nbformat.v4.new_code_cell("raise ValueError('boom here')")]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbdir / "01_fail.ipynb")
+    with pytest.raises(pipeline.StudyRunError, match=r"01_fail.ipynb failed in cell 3 \(\"raise ValueError.*ValueError: boom here"):
+        pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", progress=False, notebook_dir=nbdir)
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["stages"]["01_fail.ipynb"]["status"] == "failed"
+
+
+def test_cli_reports_errors(tmp_path, capsys):
+    from improve_lib.cli import main
+
+    code = main(["run", "--profile", "smoke", "--dataset", "ham10000", "--data-dir", str(tmp_path / "nope"),
+                 "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
