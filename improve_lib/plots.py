@@ -93,3 +93,113 @@ def image_size_table(table: pd.DataFrame) -> pd.DataFrame:
             recs.append({"class_name": row.class_name, "split": row.split, "width": im.size[0],
                          "height": im.size[1], "mode": im.mode})
     return pd.DataFrame(recs)
+
+
+def embedding_maps(vectors, labels, class_names: Sequence[str], seed: int = 0, prototypes=None,
+                   title: str = "Embeddings", tsne: bool = True):
+    """PCA and t-SNE maps of ``vectors`` coloured by class; ``prototypes`` [C, K, D] drawn as stars.
+
+    Prototypes are embedded together with the images (t-SNE cannot place new points afterwards),
+    so both panels show them in the same map as the data.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(vectors, dtype=np.float32)
+    y = np.asarray(labels)
+    protos = None if prototypes is None else np.asarray(prototypes, dtype=np.float32)
+    pts = x if protos is None else np.concatenate([x, protos.reshape(-1, protos.shape[-1])])
+    maps = {"PCA": PCA(n_components=2, random_state=seed).fit_transform(pts)}
+    if tsne and len(pts) > 5:
+        perplexity = float(min(30, max(2, (len(pts) - 1) // 3)))
+        maps["t-SNE"] = TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(pts)
+    palette = sns.color_palette("tab10" if len(class_names) <= 10 else "tab20", len(class_names))
+    fig, axes = plt.subplots(1, len(maps), figsize=(5.2 * len(maps) + 1.5, 4.6), squeeze=False)
+    for ax, (name, z) in zip(axes[0], maps.items()):
+        for i, c in enumerate(class_names):
+            m = y == i
+            ax.scatter(z[: len(x)][m, 0], z[: len(x)][m, 1], s=9, alpha=0.6, color=palette[i], label=c)
+        if protos is not None:
+            owner = np.repeat(np.arange(protos.shape[0]), protos.shape[1])
+            zp = z[len(x):]
+            ax.scatter(zp[:, 0], zp[:, 1], s=260, marker="*", c=[palette[o] for o in owner],
+                       edgecolors="black", linewidths=1.2, label="prototype")
+        ax.set_title(f"{title}: {name}")
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=1.2)
+    fig.tight_layout()
+    return fig
+
+
+def training_curve(history: Sequence[dict], keys: Sequence[str] = ("loss", "dce", "pl"), x: str = "epoch",
+                   secondary: str | None = "train_acc", title: str = "Training curve"):
+    """Line plot of ``history`` records (one dict per epoch/step); ``secondary`` on a right axis."""
+    df = pd.DataFrame(history)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for k in keys:
+        if k in df:
+            ax.plot(df[x], df[k], label=k)
+    ax.set_xlabel(x)
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    lines, labels = ax.get_legend_handles_labels()
+    if secondary and secondary in df:
+        ax2 = ax.twinx()
+        ax2.plot(df[x], df[secondary], color="black", linestyle="--", label=secondary)
+        ax2.set_ylabel(secondary)
+        ax2.set_ylim(0, 1.02)
+        l2, lab2 = ax2.get_legend_handles_labels()
+        lines, labels = lines + l2, labels + lab2
+    ax.legend(lines, labels, loc="center right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def distance_heatmap(prototypes, class_names: Sequence[str], title: str = "Distance between class prototypes"):
+    """Heatmap of Euclidean distances between the classes' prototypes (nearest pair for K>1)."""
+    import torch
+
+    p = torch.as_tensor(np.asarray(prototypes, dtype=np.float32))
+    c, k, d = p.shape
+    dist = torch.cdist(p.reshape(-1, d), p.reshape(-1, d)).reshape(c, k, c, k).amin(dim=(1, 3)).numpy()
+    fig, ax = plt.subplots(figsize=(0.55 * c + 2.5, 0.5 * c + 1.8))
+    sns.heatmap(dist, annot=c <= 12, fmt=".2f", xticklabels=class_names, yticklabels=class_names,
+                cmap="viridis", ax=ax, cbar_kws={"label": "distance"})
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(cm, class_names: Sequence[str], title: str = "Confusion matrix", normalize: bool = True):
+    """Heatmap of a confusion matrix (rows true, columns predicted), row-normalised by default."""
+    m = np.asarray(cm, dtype=float)
+    if normalize:
+        m = m / np.clip(m.sum(1, keepdims=True), 1, None)
+    fig, ax = plt.subplots(figsize=(0.55 * len(class_names) + 2.5, 0.5 * len(class_names) + 1.8))
+    sns.heatmap(m, annot=len(class_names) <= 12, fmt=".2f" if normalize else "g", cmap="Blues",
+                xticklabels=class_names, yticklabels=class_names, ax=ax, vmin=0, vmax=1 if normalize else None)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(losses: pd.DataFrame, window: int = 50, title: str = "Diffusion training loss"):
+    """Loss per step of several arms (columns step, loss, arm), raw in light and smoothed in bold."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    palette = dict(zip(losses["arm"].unique(), sns.color_palette("Set1", losses["arm"].nunique())))
+    for arm, sub in losses.groupby("arm", sort=False):
+        sub = sub.sort_values("step")
+        ax.plot(sub["step"], sub["loss"], color=palette[arm], alpha=0.2, linewidth=0.7)
+        w = max(1, min(window, len(sub) // 5))
+        ax.plot(sub["step"], sub["loss"].rolling(w, min_periods=1).mean(), color=palette[arm], linewidth=2,
+                label=f"{arm} (rolling mean of {w})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("ε-prediction MSE")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
