@@ -129,7 +129,8 @@ def _failed_cell(executed: Path) -> str:
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if k != "RUN_DIR" and old.get(k) != new.get(k))
+    """Keys whose value differs; keys the old run did not have (a stage added since) are not changes."""
+    return sorted(k for k in old if k != "RUN_DIR" and old.get(k) != new.get(k))
 
 
 def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None = None,

@@ -203,3 +203,16 @@ def loss_curves(losses: pd.DataFrame, window: int = 50, title: str = "Diffusion 
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def fidelity_bars(fidelity: pd.DataFrame, metrics: Sequence[str] = ("precision", "recall", "density", "coverage",
+                                                                    "prototype_consistency")):
+    """Per-class fidelity/diversity of each arm, one panel per metric (rows of ``metrics.fidelity_table``)."""
+    df = fidelity[fidelity["class_name"] != "all"].melt(id_vars=["arm", "class_name"], value_vars=list(metrics),
+                                                       var_name="metric", value_name="value")
+    g = sns.catplot(data=df, x="class_name", y="value", hue="arm", col="metric", kind="bar", col_wrap=3,
+                    height=2.8, aspect=1.3, sharey=False, palette="Set1")
+    g.set_xticklabels(rotation=45)
+    g.set_axis_labels("", "")
+    g.fig.suptitle("Fidelity and diversity per class (embedding space of notebook 02)", y=1.02)
+    return g.fig

@@ -1,0 +1,131 @@
+"""Notebook 06's glue: gather a run's real and generated images, lay the results out like the
+paper's tables, save them, and say in words what the numbers say."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import StudyInputError
+from .io import atomic_path
+
+# Literature values, IMPROVE Tables 3-6 (single numbers, no uncertainty reported). Percent.
+PAPER_TSTR = {
+    "bone_marrow": {"table": "Table 5 (Bone Marrow, ResNeXt-50)",
+                    "f1": {"baseline": 63.40, "prototype": 74.58, "real": 79.66}},
+    "ham10000": {"table": "Table 6 (HAM10000, ResNeXt-50)",
+                 "f1": {"baseline": 71.10, "prototype": 75.08, "real": 85.91}},
+}
+PAPER_PLAUSIBILITY = {
+    "ham10000": {"table": "Table 3 (HAM10000, dermatologist)", "baseline": 48.8, "prototype": 60.0},
+    "bone_marrow": {"table": "Table 4 (Bone Marrow, pathologist)", "baseline": 48.07, "prototype": 62.57},
+}
+
+
+def train_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[str], n_per_class: int,
+               resolution: int) -> tuple[dict, tuple]:
+    """``({name: (images, labels)} for each arm and "real", (test_images, test_labels))``.
+
+    Generated images come from ``samples/<arm>/`` (checked: every class, at least ``n_per_class``);
+    the real training and test images from the run's split, at the run's resolution.
+    """
+    from . import data, sample
+
+    table = data.read_split(run_dir)
+    test = table[table.split == "test"]
+    if test.empty:
+        raise StudyInputError(f"{Path(run_dir) / 'data' / 'split.csv'} has no test images: set N_TEST >= 1 in notebook 01")
+    sets = {}
+    for arm in arms:
+        t = sample.read_samples(run_dir, arm, class_names, n_per_class)
+        sets[arm] = (data.load_images(t.path, resolution), t.label.to_numpy())
+    real = table[table.split == "train"]
+    sets["real"] = (data.load_images(real.path, resolution), real.label.to_numpy())
+    return sets, (data.load_images(test.path, resolution), test.label.to_numpy())
+
+
+def with_paper(tstr: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Add the paper's F1 (literature value, labelled) beside this run's, where the paper has one."""
+    out = tstr.reset_index() if tstr.index.name == "training_set" else tstr.copy()
+    paper = PAPER_TSTR.get(dataset)
+    col = f"paper F1 % ({paper['table']})" if paper else "paper F1 %"
+    out[col] = [paper["f1"].get(n, np.nan) if paper else np.nan for n in out["training_set"]]
+    return out
+
+
+def save_table(df: pd.DataFrame, run_dir: str | Path, name: str) -> dict[str, Path]:
+    """Write ``tables/<name>.csv`` and ``tables/<name>.md`` atomically."""
+    out = Path(run_dir) / "tables"
+    paths = {"csv": out / f"{name}.csv", "md": out / f"{name}.md"}
+    with atomic_path(paths["csv"]) as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
+    return paths
+
+
+def tstr_figure(tstr: pd.DataFrame, dataset: str):
+    """Bar chart of macro precision/recall/F1 per training set with bootstrap intervals; the paper's
+    F1 as black ticks where it exists."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    rows = []
+    for r in tstr.itertuples():
+        for m in ("precision", "recall", "f1"):
+            rows.append({"training set": r.training_set, "metric": m, "value": getattr(r, f"{m}_mean"),
+                         "low": getattr(r, f"{m}_low"), "high": getattr(r, f"{m}_high")})
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    sns.barplot(data=df, x="metric", y="value", hue="training set", ax=ax, errorbar=None)
+    for patch_group, (_, sub) in zip(ax.containers, df.groupby("training set", sort=False)):
+        for patch, row in zip(patch_group, sub.itertuples()):
+            x = patch.get_x() + patch.get_width() / 2
+            ax.errorbar(x, row.value, yerr=[[row.value - row.low], [row.high - row.value]], color="black",
+                        capsize=3, linewidth=1)
+    paper = PAPER_TSTR.get(dataset)
+    if paper:
+        for patch_group, (name, _) in zip(ax.containers, df.groupby("training set", sort=False)):
+            if name in paper["f1"]:
+                patch = patch_group[2]
+                ax.hlines(paper["f1"][name], patch.get_x(), patch.get_x() + patch.get_width(), color="black",
+                          linestyles="--", linewidth=2)
+        ax.set_title(f"Train on synthetic, test on real (dashed: paper, {paper['table']})")
+    else:
+        ax.set_title("Train on synthetic, test on real (95 % bootstrap intervals)")
+    ax.set_ylabel("macro score, %")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def verdict(result: Mapping, fidelity: pd.DataFrame | None = None) -> str:
+    """A markdown paragraph that states, from this run's numbers, whether the prototype arm beat the
+    baseline on TSTR macro F1 and how sure we are (paired bootstrap)."""
+    sets, comp = result["sets"], result.get("comparison")
+    if not comp:
+        return "Only one arm was evaluated: no comparison."
+    f1 = {k: 100 * v["ci"]["f1"][0] for k, v in sets.items()}
+    diff, low, high, p = (100 * comp["diff"], 100 * comp["low"], 100 * comp["high"], comp["p_value"])
+    if low > 0:
+        claim = "**the prototype arm beat the baseline**"
+    elif high < 0:
+        claim = "**the baseline beat the prototype arm**"
+    else:
+        claim = "**neither arm is better beyond the uncertainty**"
+    text = (f"On this run, {claim} on train-on-synthetic / test-on-real macro F1: prototype {f1['prototype']:.1f} % "
+            f"vs baseline {f1['baseline']:.1f} % (difference {diff:+.1f} points, 95 % paired-bootstrap interval "
+            f"[{low:+.1f}, {high:+.1f}], p = {p:.3f}; {len(result['budget']['seeds'])} classifier seeds, "
+            f"{result['n_test']} real test images).")
+    if "real" in f1:
+        text += f" A classifier trained on the real training images reaches {f1['real']:.1f} %."
+    if fidelity is not None and len(fidelity):
+        allrows = fidelity[fidelity.class_name == "all"].set_index("arm")
+        if {"prototype", "baseline"} <= set(allrows.index):
+            pc = allrows["prototype_consistency"]
+            text += (f" Prototype consistency (share of generated images nearest to their own class prototype): "
+                     f"prototype {100 * pc['prototype']:.1f} % vs baseline {100 * pc['baseline']:.1f} %.")
+    return text

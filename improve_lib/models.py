@@ -1,0 +1,265 @@
+"""The class-conditional UNet shared by both arms of the study.
+
+One model, two arms (paper section 3, fig. 2):
+
+* **prototype** arm: the class-embedding table holds the class prototypes learned on image embeddings
+  (``prototypes/class_embeddings.safetensors``) and is **frozen**;
+* **baseline** arm: the same table starts random (diffusers' default ``nn.Embedding`` init, N(0, 1))
+  and is learned with the rest of the network.
+
+Both arms use classifier-free guidance, so the table has ``C + 1`` rows: rows ``0..C-1`` are the
+classes and row ``C`` is the null condition. The null row is kept at zero in both arms through
+``padding_idx=C`` (zero and never updated). It must be the *last* row: the reference ProtoDiffusion code
+used ``padding_idx=0`` and thereby zeroed a real class.
+
+The network is diffusers' ``UNet2DConditionModel`` with plain ResNet blocks (``DownBlock2D`` /
+``UpBlock2D``, optional self-attention blocks, no cross-attention), ``class_embed_type=None``,
+``num_class_embeds=C+1``, ``time_embedding_dim=COND_DIM`` and ``class_embeddings_concat=True``: the
+class vector is **concatenated** with the time embedding after the time MLP, which is how the paper's
+fig. 2 ("concatenated with the time embedding") is expressed in diffusers; every ResNet block then
+projects the ``2 * COND_DIM`` vector to its channels. ``UNet2DModel`` cannot do this (it only adds the
+class embedding). The model is called with ``encoder_hidden_states=None``.
+
+A prototype of dimension ``D`` (768 for CLIP ViT-L/14, 1280 for EfficientNet-Lite0) is mapped to the
+table width ``COND_DIM`` by ``CLASS_EMBEDDING_MAP``: ``"none"`` uses it as is (``COND_DIM = D``, the
+paper) and ``"pca"`` projects it with a fixed whitened PCA fitted once on the run's training embeddings,
+so that the UNet stays narrow on a CPU while the table stays frozen and both arms stay identical.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import StudyInputError
+
+# Paper values (section 4.2) where the paper gives them; profiles override them.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "SEED": 0,
+    "RESOLUTION": 64,
+    "BASE_CHANNELS": 64,
+    "CHANNEL_MULT": [1, 2, 4, 8],
+    "LAYERS_PER_BLOCK": 2,
+    "DROPOUT": 0.1,
+    "COND_DIM": None,  # None: the prototype dimension D (CLASS_EMBEDDING_MAP="none")
+    "NORM_GROUPS": 32,
+    "ATTENTION": False,  # self-attention at feature maps <= 16 px; off by default for CPU speed
+}
+MODEL_KEYS = tuple(MODEL_DEFAULTS)
+CLASS_EMBEDDING_MAPS = ("none", "pca")
+ATTENTION_MAX_SIZE = 16  # DDPM puts self-attention at the 16x16 feature maps
+
+
+def model_config(cfg: Mapping[str, Any], cond_dim: int | None = None) -> dict[str, Any]:
+    """The model keys of ``cfg`` with defaults filled in and types checked.
+
+    ``cond_dim`` (if given) fills a missing ``COND_DIM``. Raises :class:`StudyInputError` naming the
+    key on a bad value.
+    """
+    out = {k: v if cfg.get(k) is None else cfg[k] for k, v in MODEL_DEFAULTS.items()}
+    if out["COND_DIM"] is None:
+        out["COND_DIM"] = cond_dim
+    for key in ("SEED", "RESOLUTION", "BASE_CHANNELS", "LAYERS_PER_BLOCK", "NORM_GROUPS"):
+        out[key] = _as_int(out[key], key, minimum=0 if key == "SEED" else 1)
+    if out["COND_DIM"] is None:
+        raise StudyInputError("COND_DIM is not set and no prototype dimension is known to fill it; "
+                              "set COND_DIM (e.g. 128) or CLASS_EMBEDDING_MAP='none' with a prototypes file")
+    out["COND_DIM"] = _as_int(out["COND_DIM"], "COND_DIM", minimum=1)
+    mult = out["CHANNEL_MULT"]
+    if isinstance(mult, (int, str)) or not len(mult):
+        raise StudyInputError(f"CHANNEL_MULT must be a non-empty list of positive integers, got {mult!r}")
+    out["CHANNEL_MULT"] = [_as_int(m, "CHANNEL_MULT", minimum=1) for m in mult]
+    out["DROPOUT"] = float(out["DROPOUT"])
+    if not 0.0 <= out["DROPOUT"] < 1.0:
+        raise StudyInputError(f"DROPOUT must be in [0, 1), got {out['DROPOUT']}")
+    out["ATTENTION"] = bool(out["ATTENTION"])
+    channels = [out["BASE_CHANNELS"] * m for m in out["CHANNEL_MULT"]]
+    bad = [c for c in channels if c % out["NORM_GROUPS"]]
+    if bad:
+        raise StudyInputError(f"NORM_GROUPS={out['NORM_GROUPS']} must divide every channel count "
+                              f"{channels} (BASE_CHANNELS x CHANNEL_MULT); try NORM_GROUPS=8 for tiny models")
+    levels = len(channels)
+    if out["RESOLUTION"] % (2 ** (levels - 1)):
+        raise StudyInputError(f"RESOLUTION={out['RESOLUTION']} must be divisible by 2**(len(CHANNEL_MULT)-1)"
+                              f"={2 ** (levels - 1)} so that every level halves it exactly")
+    return out
+
+
+def _as_int(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise StudyInputError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def build_unet(cfg: Mapping[str, Any], num_classes: int, class_table: torch.Tensor | None = None,
+               freeze: bool = False):
+    """Build the class-conditional ``UNet2DConditionModel`` of either arm.
+
+    Args:
+        cfg: model keys (see :data:`MODEL_DEFAULTS`): RESOLUTION, BASE_CHANNELS, CHANNEL_MULT,
+            LAYERS_PER_BLOCK, DROPOUT, COND_DIM, NORM_GROUPS, ATTENTION and SEED.
+        num_classes: C; the table gets ``C + 1`` rows, row C being the zero null condition.
+        class_table: ``[C, COND_DIM]`` rows copied into the table (prototype arm), or None to keep
+            the default N(0, 1) init (baseline arm).
+        freeze: make the table non-trainable (prototype arm with FREEZE_PROTOTYPES).
+
+    The weights are drawn under ``cfg["SEED"]`` inside a forked RNG, so two calls with the same config
+    give identical weights (both arms differ only in ``class_embedding.weight``) and the caller's
+    global RNG is untouched.
+    """
+    from diffusers import UNet2DConditionModel
+
+    mc = model_config(cfg)
+    if num_classes < 1:
+        raise StudyInputError(f"num_classes must be >= 1, got {num_classes}")
+    channels = [mc["BASE_CHANNELS"] * m for m in mc["CHANNEL_MULT"]]
+    attn = [mc["ATTENTION"] and mc["RESOLUTION"] // 2 ** i <= ATTENTION_MAX_SIZE for i in range(len(channels))]
+    down = ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn]
+    up = ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]
+    # Self-attention heads of (at most) 32 channels. One int for all levels: diffusers hands the up blocks
+    # attention_head_dim[i] without reversing the per-level tuple, so a tuple would mismatch them.
+    head_dim = math.gcd(32, *channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(mc["SEED"])
+        model = UNet2DConditionModel(
+            sample_size=mc["RESOLUTION"], in_channels=3, out_channels=3,
+            down_block_types=tuple(down), up_block_types=tuple(up),
+            # UNetMidBlock2D here is two ResNets without attention (diffusers hard-codes add_attention=False)
+            mid_block_type="UNetMidBlock2D",
+            block_out_channels=tuple(channels), layers_per_block=mc["LAYERS_PER_BLOCK"],
+            dropout=mc["DROPOUT"], norm_num_groups=mc["NORM_GROUPS"], attention_head_dim=head_dim,
+            class_embed_type=None, num_class_embeds=num_classes + 1, class_embeddings_concat=True,
+            time_embedding_dim=mc["COND_DIM"],
+        )
+    if class_table is not None:
+        table = torch.as_tensor(class_table, dtype=torch.float32)
+        if tuple(table.shape) != (num_classes, mc["COND_DIM"]):
+            raise StudyInputError(f"class_table has shape {tuple(table.shape)}; expected "
+                                  f"[{num_classes}, COND_DIM={mc['COND_DIM']}]")
+        with torch.no_grad():
+            model.class_embedding.weight[:num_classes].copy_(table)
+    return freeze_class_table(model, frozen=freeze)
+
+
+def freeze_class_table(model, frozen: bool = True):
+    """(Re)establish the class table's invariants; call after building and after every load.
+
+    The last row (the CFG null condition) becomes ``padding_idx``: zero, and never given a gradient.
+    With ``frozen`` the whole table gets ``requires_grad=False``. Both are needed after
+    ``from_pretrained``, which rebuilds a plain ``nn.Embedding`` (no ``padding_idx``) with
+    ``requires_grad=True``. Setting the attribute (rather than building a new ``nn.Embedding``) keeps the
+    parameter object, so optimizers and EMA that already hold it stay valid, and draws no random numbers.
+    Returns ``model``.
+    """
+    emb = getattr(model, "class_embedding", None)
+    if not isinstance(emb, nn.Embedding):
+        raise StudyInputError("model has no nn.Embedding class table (class_embedding); "
+                              "build it with improve_lib.models.build_unet")
+    emb.padding_idx = emb.num_embeddings - 1
+    with torch.no_grad():
+        emb.weight[emb.padding_idx].zero_()
+    emb.weight.requires_grad_(not frozen)
+    return model
+
+
+def null_label(model) -> int:
+    """The class index of the CFG null condition (the table's last row)."""
+    return int(model.config.num_class_embeds) - 1
+
+
+def prototype_class_table(class_embeddings: torch.Tensor, mode: str, cond_dim: int | None,
+                          train_vectors: np.ndarray | torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """Turn per-class prototype vectors ``[C, D]`` into the UNet's table rows ``[C, COND_DIM]``.
+
+    ``mode="none"``: the prototypes themselves (``cond_dim`` must be None or D; the paper's setup).
+    ``mode="pca"``: a fixed linear map, fitted once: whitened PCA of ``train_vectors`` (the run's training
+    image embeddings ``[N, D]``) to ``cond_dim`` components (``random_state=seed`` for sklearn's randomized
+    solver on large inputs); the prototypes are projected through it. Being fixed, the map keeps the table
+    frozen and adds nothing the baseline lacks. Whitening gives every kept direction unit variance over
+    the training images, so no single direction dominates the table.
+
+    In both modes the result is rescaled by one scalar to RMS 1 over all entries, so it starts on the
+    same scale as the baseline's N(0, 1) init (the relative geometry of the prototypes is unchanged).
+    """
+    emb = torch.as_tensor(class_embeddings, dtype=torch.float64)
+    if emb.ndim != 2 or emb.shape[0] < 1:
+        raise StudyInputError(f"class_embeddings must be [C, D], got shape {tuple(emb.shape)}")
+    dim = emb.shape[1]
+    if mode == "none":
+        if cond_dim is not None and int(cond_dim) != dim:
+            raise StudyInputError(f"CLASS_EMBEDDING_MAP='none' uses the prototypes as they are, so COND_DIM "
+                                  f"must equal their dimension D={dim} (got COND_DIM={cond_dim}); "
+                                  f"use CLASS_EMBEDDING_MAP='pca' for a narrower table")
+        table = emb
+    elif mode == "pca":
+        from sklearn.decomposition import PCA
+
+        if train_vectors is None:
+            raise StudyInputError("CLASS_EMBEDDING_MAP='pca' needs the training embeddings "
+                                  "(embeddings/train.npz 'vectors'); run notebook 02 first")
+        vec = np.asarray(train_vectors, dtype=np.float64)
+        if vec.ndim != 2 or vec.shape[1] != dim:
+            raise StudyInputError(f"training embeddings have shape {vec.shape}; expected [N, D={dim}] "
+                                  f"like the prototypes")
+        if cond_dim is None or not 1 <= int(cond_dim) <= min(vec.shape):
+            raise StudyInputError(f"COND_DIM={cond_dim} must be between 1 and min(N, D)={min(vec.shape)} "
+                                  f"for CLASS_EMBEDDING_MAP='pca' (N training embeddings, D={dim})")
+        pca = PCA(n_components=int(cond_dim), whiten=True, random_state=int(seed)).fit(vec)
+        table = torch.from_numpy(pca.transform(emb.numpy()))
+    else:
+        raise StudyInputError(f"CLASS_EMBEDDING_MAP must be one of {list(CLASS_EMBEDDING_MAPS)}, got {mode!r}")
+    rms = table.pow(2).mean().sqrt()
+    if not torch.isfinite(rms) or rms == 0:
+        raise StudyInputError("the class table is all zero or not finite; check the prototypes file")
+    return (table / rms).float()
+
+
+def noise_scheduler(cfg: Mapping[str, Any]):
+    """The training noise schedule: diffusers ``DDPMScheduler`` for epsilon prediction.
+
+    Keys: NUM_TRAIN_TIMESTEPS (1000), BETA_SCHEDULE ("linear" = DDPM's 1e-4..0.02, or
+    "squaredcos_cap_v2" = cosine). The DDIM sampler is built from this scheduler's config.
+    """
+    from diffusers import DDPMScheduler
+
+    schedule = cfg.get("BETA_SCHEDULE") or "linear"
+    if schedule not in ("linear", "squaredcos_cap_v2"):
+        raise StudyInputError(f"BETA_SCHEDULE must be 'linear' or 'squaredcos_cap_v2', got {schedule!r}")
+    steps = _as_int(cfg.get("NUM_TRAIN_TIMESTEPS") or 1000, "NUM_TRAIN_TIMESTEPS", minimum=2)
+    return DDPMScheduler(num_train_timesteps=steps, beta_schedule=schedule, prediction_type="epsilon")
+
+
+def state_dict_sha256(model) -> str:
+    """sha256 over the model's state dict (sorted names, dtypes, shapes and bytes): equal iff equal weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def count_flops_per_step(model, batch: int, resolution: int) -> dict[str, int]:
+    """FLOPs of one training step (forward + backward) at ``batch`` x ``resolution``, measured.
+
+    Uses ``torch.utils.flop_counter.FlopCounterMode`` on a real forward and backward pass (matmuls and
+    convolutions; norms and activations are not counted). Returns ``{"forward": f, "step": f+b}``;
+    the step is typically ~3x the forward. Gradients are cleared afterwards.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x = torch.randn(batch, 3, resolution, resolution, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as fwd:
+        out = model(x, t, encoder_hidden_states=None, class_labels=y).sample
+    with FlopCounterMode(display=False) as bwd:
+        out.float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+    f, b = fwd.get_total_flops(), bwd.get_total_flops()
+    return {"forward": int(f), "step": int(f + b)}

@@ -1,0 +1,252 @@
+"""Class-conditional DDIM sampling with classifier-free guidance (paper section 4.2: DDIM, 50 steps).
+
+diffusers' ``DDIMPipeline`` calls the UNet without class labels, so this module runs its own loop over
+``DDIMScheduler`` (built from the training ``DDPMScheduler`` config, so the noise schedule is the one
+the model was trained on).
+
+Guidance follows the reference code: ``eps = (1 + w) * eps_cond - w * eps_uncond`` (``w = 0`` is purely
+conditional), with the conditional and unconditional passes batched into one forward.
+
+Reproducibility per image: each image's initial noise (and, for ``eta > 0``, its per-step noise) comes
+from its own generator seeded by that image's seed, so regenerating one image alone gives the same
+pixels as its slot in a batch (up to float rounding of batched kernels).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import StudyInputError
+from .io import atomic_path
+
+
+def ddim_scheduler(scheduler_config: Mapping[str, Any], steps: int):
+    """A ``DDIMScheduler`` with the training schedule of ``scheduler_config``, set to ``steps`` steps."""
+    from diffusers import DDIMScheduler
+
+    if int(steps) < 1:
+        raise StudyInputError(f"DDIM steps must be >= 1, got {steps}")
+    sched = DDIMScheduler.from_config(dict(scheduler_config))
+    sched.set_timesteps(int(steps))
+    return sched
+
+
+def guided_epsilon(model, x: torch.Tensor, t: torch.Tensor | int, class_labels: torch.Tensor,
+                   null_label: int, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guided noise prediction ``(1 + w) * eps(x|y) - w * eps(x|null)``.
+
+    Both passes run as ONE forward over the concatenated batch ``[x; x]`` with labels ``[y; null]``.
+    With ``guidance_scale == 0`` only the conditional pass runs.
+    """
+    w = float(guidance_scale)
+    if w == 0.0:
+        return model(x, t, encoder_hidden_states=None, class_labels=class_labels).sample
+    labels = torch.cat([class_labels, torch.full_like(class_labels, int(null_label))])
+    eps = model(torch.cat([x, x]), t, encoder_hidden_states=None, class_labels=labels).sample
+    eps_cond, eps_uncond = eps.chunk(2)
+    return (1.0 + w) * eps_cond - w * eps_uncond
+
+
+def _generators(seeds: Sequence[int] | torch.Generator, n: int) -> list[torch.Generator] | torch.Generator:
+    if isinstance(seeds, torch.Generator):
+        return seeds
+    seeds = list(seeds)
+    if len(seeds) != n:
+        raise StudyInputError(f"got {len(seeds)} seeds for {n} images; give one seed per image")
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def _noise(gens, shape: tuple[int, ...]) -> torch.Tensor:
+    # CPU generators: the same seed gives the same noise on any device
+    if isinstance(gens, torch.Generator):
+        return torch.randn(shape, generator=gens)
+    if not gens:
+        return torch.empty(shape)
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
+
+
+@torch.no_grad()
+def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_config: Mapping[str, Any],
+                seeds: Sequence[int] | torch.Generator, guidance_scale: float, null_label: int | None = None,
+                steps: int = 50, eta: float = 0.0, resolution: int | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """Generate one image per entry of ``class_labels`` with guided DDIM.
+
+    Args:
+        model: the trained ``UNet2DConditionModel`` (put in eval mode here).
+        class_labels: ``[B]`` class indices 0..C-1.
+        scheduler_config: the training ``DDPMScheduler`` config (``noise_scheduler(cfg).config``).
+        seeds: one int seed per image (per-image generators: image i is independent of the batch), or a
+            single ``torch.Generator`` shared by the batch.
+        guidance_scale: ``w`` in ``(1 + w) * eps_cond - w * eps_uncond``; 0 = purely conditional.
+        null_label: the null-condition index (default: the table's last row).
+        steps: DDIM steps; eta: DDIM stochasticity (0 = deterministic DDIM).
+        resolution: image side (default: ``model.config.sample_size``).
+
+    Returns ``[B, 3, R, R]`` float32 on the CPU with values in [0, 1].
+    """
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+    if null_label is None:
+        null_label = int(model.config.num_class_embeds) - 1
+    if len(labels) and (labels.min() < 0 or labels.max() >= null_label):
+        raise StudyInputError(f"class_labels must be in 0..{null_label - 1}, got {labels.tolist()}")
+    res = int(resolution or model.config.sample_size)
+    shape = (len(labels), 3, res, res)
+    gens = _generators(seeds, len(labels))
+    sched = ddim_scheduler(scheduler_config, steps)
+    was_training = model.training
+    model.eval()
+    x = _noise(gens, shape).to(device=device, dtype=dtype)
+    labels = labels.to(device)
+    timesteps = sched.timesteps
+    if progress:
+        from tqdm.auto import tqdm
+
+        timesteps = tqdm(timesteps, desc="DDIM", leave=False)
+    try:
+        for t in timesteps:
+            eps = guided_epsilon(model, x, t.to(device), labels, null_label, guidance_scale)
+            noise = _noise(gens, shape).to(device=device, dtype=dtype) if eta > 0 else None
+            x = sched.step(eps, t, x, eta=float(eta), variance_noise=noise).prev_sample
+    finally:
+        model.train(was_training)
+    return x.float().clamp(-1, 1).add(1).div(2).cpu()
+
+
+def sample_grid(model, num_classes: int, *, scheduler_config: Mapping[str, Any], per_class: int = 4,
+                guidance_scale: float = 0.0, steps: int = 50, seed: int = 0,
+                resolution: int | None = None) -> torch.Tensor:
+    """A preview grid ``[3, H, W]`` in [0, 1]: one row per class, ``per_class`` images per row.
+
+    Image ``k`` (row-major) uses seed ``seed + k``, so grids from different steps of a run are comparable.
+    """
+    from torchvision.utils import make_grid
+
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    images = ddim_sample(model, labels, scheduler_config=scheduler_config,
+                         seeds=[seed + k for k in range(len(labels))], guidance_scale=guidance_scale,
+                         steps=steps, resolution=resolution)
+    return make_grid(images, nrow=per_class, padding=2, pad_value=1.0)
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """Write a ``[3, H, W]`` image in [0, 1] as an 8-bit PNG, atomically."""
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------ a run's samples
+
+def image_seed(seed: int, class_index: int, index: int) -> int:
+    """The seed of image ``index`` of class ``class_index``: a pure function of the three numbers."""
+    return int(np.random.SeedSequence([int(seed), int(class_index), int(index)]).generate_state(1)[0])
+
+
+def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int = 50, eta: float = 0.0,
+               guidance_scale: float = 1.8, seed: int = 0, batch_size: int = 64, ema: bool = True,
+               device: str | None = None, progress: bool = True):
+    """Generate ``n_per_class`` images per class with ``arm``'s trained model into
+    ``RUN_DIR/samples/<arm>/<class>/<index>.png`` and return the index table.
+
+    Image ``(class c, index i)`` starts from noise seeded by :func:`image_seed` ``(seed, c, i)``, so any
+    image can be regenerated alone. Existing PNGs are kept (a rerun fills in what is missing), which is
+    safe because their bytes depend only on (model, seed, class, index, steps, eta, guidance); the
+    settings are recorded in ``samples/<arm>/sampling.json`` and a change of them is refused.
+    """
+    import json
+
+    import pandas as pd
+
+    from .io import atomic_write_json
+    from .models import noise_scheduler
+    from .train import load_trained
+
+    if int(n_per_class) < 1:
+        raise StudyInputError(f"N_PER_CLASS must be >= 1, got {n_per_class}")
+    model, class_names, cfg = load_trained(run_dir, arm, ema=ema)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    out_dir = Path(run_dir) / "samples" / arm
+    settings = {"arm": arm, "steps": int(steps), "eta": float(eta), "guidance_scale": float(guidance_scale),
+                "seed": int(seed), "ema": bool(ema), "guidance_formula": "(1+w)*eps_cond - w*eps_uncond"}
+    record = out_dir / "sampling.json"
+    if record.is_file():
+        old = json.loads(record.read_text())
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        if changed:
+            raise StudyInputError(f"{out_dir} holds samples made with other settings {changed} "
+                                  f"(was { {k: old.get(k) for k in changed} }); delete it to sample again")
+    atomic_write_json(record, settings)
+    jobs = [(c, i) for c in range(len(class_names)) for i in range(int(n_per_class))]
+    rows = [{"arm": arm, "class_name": class_names[c], "label": c, "index": i,
+             "seed": image_seed(seed, c, i), "path": str(out_dir / class_names[c] / f"{i:04d}.png")} for c, i in jobs]
+    todo = [r for r in rows if not Path(r["path"]).is_file()]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"sampling {arm}", unit="img")
+    sched_cfg = noise_scheduler(cfg).config
+    for start in range(0, len(todo), int(batch_size)):
+        chunk = todo[start:start + int(batch_size)]
+        images = ddim_sample(model, [r["label"] for r in chunk], scheduler_config=sched_cfg,
+                             seeds=[r["seed"] for r in chunk], guidance_scale=guidance_scale, steps=steps, eta=eta)
+        for r, img in zip(chunk, images):
+            save_png(img, r["path"])
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    table = pd.DataFrame(rows)
+    with atomic_path(out_dir / "index.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+def regenerate(run_dir: str | Path, arm: str, class_name: str, index: int, *, ema: bool = True) -> torch.Tensor:
+    """Regenerate one image of a run's samples alone, from its (seed, class, index), as ``[3, R, R]``."""
+    import json
+
+    from .models import noise_scheduler
+    from .train import load_trained
+
+    out_dir = Path(run_dir) / "samples" / arm
+    if not (out_dir / "sampling.json").is_file():
+        raise StudyInputError(f"no samples for arm {arm!r} in {out_dir}: run notebook 05_sample first")
+    s = json.loads((out_dir / "sampling.json").read_text())
+    model, class_names, cfg = load_trained(run_dir, arm, ema=s["ema"])
+    if class_name not in class_names:
+        raise StudyInputError(f"class {class_name!r} is not one of {class_names}")
+    c = class_names.index(class_name)
+    return ddim_sample(model, [c], scheduler_config=noise_scheduler(cfg).config, seeds=[image_seed(s["seed"], c, index)],
+                       guidance_scale=s["guidance_scale"], steps=s["steps"], eta=s["eta"])[0]
+
+
+def read_samples(run_dir: str | Path, arm: str, class_names: Sequence[str], n_per_class: int):
+    """The sample table of ``arm``, checked: every class present with at least ``n_per_class`` images.
+
+    Errors name the missing class or the class that has too few images, and which notebook to run.
+    """
+    import pandas as pd
+
+    out_dir = Path(run_dir) / "samples" / arm
+    if not out_dir.is_dir():
+        raise StudyInputError(f"no samples for arm {arm!r} in {out_dir}: run notebook 05_sample first")
+    rows = []
+    for c, name in enumerate(class_names):
+        files = sorted((out_dir / name).glob("*.png")) if (out_dir / name).is_dir() else []
+        if not files:
+            raise StudyInputError(f"{out_dir}: class {name!r} has no samples (expected {n_per_class})")
+        if len(files) < int(n_per_class):
+            raise StudyInputError(f"{out_dir / name}: {len(files)} images, fewer than N_PER_CLASS={n_per_class}")
+        rows += [{"arm": arm, "class_name": name, "label": c, "path": str(p)} for p in files[: int(n_per_class)]]
+    return pd.DataFrame(rows)

@@ -1,0 +1,228 @@
+"""Training entry point: one step, freezing, kill-and-resume, config changes, NaN, 2 processes, limits.
+
+Tiny UNets (channels 8/16, 16 px, 2 classes, 8 training images) so that each test takes seconds.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from improve_lib.errors import StudyInputError
+from improve_lib.models import build_unet, model_config, prototype_class_table
+
+CLASSES = ["blast", "lymphocyte"]
+D = 24  # prototype dimension != COND_DIM
+
+
+def make_run(root, n_train=4, n_test=1, seed=0):
+    """A run folder as notebooks 01-03 leave it: split.csv + PNGs, embeddings/train.npz, prototypes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    img_dir = root / "data" / "images"
+    img_dir.mkdir(parents=True)
+    for label, name in enumerate(CLASSES):
+        for i in range(n_train + n_test):
+            colour = rng.integers(0, 256, 3)
+            arr = np.clip(colour + rng.integers(-40, 40, (20, 20, 3)), 0, 255).astype(np.uint8)
+            path = img_dir / f"{name}_{i}.png"
+            Image.fromarray(arr).save(path)
+            rows.append({"path": str(path), "label": label, "class_name": name,
+                         "split": "train" if i < n_train else "test", "group": f"{name}_{i}"})
+    pd.DataFrame(rows).to_csv(root / "data" / "split.csv", index=False)
+    (root / "embeddings").mkdir()
+    vectors = rng.normal(size=(n_train * len(CLASSES), D)).astype(np.float32)
+    np.savez(root / "embeddings" / "train.npz", vectors=vectors,
+             labels=np.repeat(np.arange(len(CLASSES)), n_train))
+    (root / "prototypes").mkdir()
+    protos = torch.from_numpy(rng.normal(size=(len(CLASSES), D)).astype(np.float32))
+    save_file({"class_embeddings": protos}, str(root / "prototypes" / "class_embeddings.safetensors"),
+              metadata={"class_names": json.dumps(CLASSES)})
+    return root
+
+
+def tiny_config(run_dir, arm="prototype", **over):
+    cfg = {"RUN_DIR": str(run_dir), "ARM": arm, "SEED": 3, "RESOLUTION": 16, "BASE_CHANNELS": 8,
+           "CHANNEL_MULT": [1, 2], "LAYERS_PER_BLOCK": 1, "NORM_GROUPS": 8, "DROPOUT": 0.1, "COND_DIM": 8,
+           "CLASS_EMBEDDING_MAP": "pca", "BATCH_SIZE": 4, "MAX_STEPS": 1, "CHECKPOINT_EVERY": 100,
+           "SAMPLE_STEPS": 2, "SAMPLE_PER_CLASS": 1, "EMA_DECAY": 0.9, "FLIP": True, "LR": 1e-3,
+           "PROGRESS": False, "CPU": True}
+    cfg.update(over)
+    return cfg
+
+
+pytestmark = pytest.mark.slow  # every test here runs the training loop (a few seconds each)
+
+
+@pytest.fixture()
+def run(tmp_path):
+    return make_run(tmp_path / "run")
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "diffusion_pytorch_model.safetensors"))
+
+
+def _initial_model(cfg):
+    from improve_lib.train import class_table_for, resolve_config
+
+    cfg = resolve_config(cfg)
+    table, cond_dim = class_table_for(cfg, CLASSES)
+    frozen = cfg["ARM"] == "prototype" and cfg["FREEZE_PROTOTYPES"]
+    return build_unet(model_config(cfg, cond_dim), len(CLASSES), table, freeze=frozen), table
+
+
+@pytest.mark.parametrize("arm", ["prototype", "baseline"])
+def test_one_step_updates_every_trainable_parameter_and_only_baseline_table(run, arm):
+    from improve_lib.train import load_trained, train
+
+    cfg = tiny_config(run, arm, MAX_STEPS=1)
+    summary = train(cfg)
+    assert summary["steps"] == 1 and summary["world_size"] == 1
+    init, table = _initial_model(cfg)
+    trained, names, saved_cfg = load_trained(run, arm, ema=False)
+    assert names == CLASSES and saved_cfg["ARM"] == arm and saved_cfg["COND_DIM"] == 8
+    before, after = init.state_dict(), trained.state_dict()
+    unchanged = [k for k, p in init.named_parameters() if p.requires_grad and torch.equal(before[k], after[k])]
+    assert unchanged == []
+    emb_before, emb_after = before["class_embedding.weight"], after["class_embedding.weight"]
+    assert torch.count_nonzero(emb_after[len(CLASSES)]) == 0  # the null row stays zero
+    if arm == "prototype":
+        assert torch.equal(emb_after, emb_before) and torch.equal(emb_after[:2], table)
+        assert not trained.class_embedding.weight.requires_grad  # load_trained re-froze it
+    else:
+        assert not torch.equal(emb_after[:2], emb_before[:2])
+        assert trained.class_embedding.weight.requires_grad
+    out = run / "models" / arm
+    for rel in ("final/ema/diffusion_pytorch_model.safetensors", "final/scheduler/scheduler_config.json",
+                "final/class_names.json", "final/train_config.yaml", "loss.png", "samples/step-1.png",
+                "checkpoint-1/training_state.json", "class_table.safetensors"):
+        assert (out / rel).is_file(), rel
+    loss = pd.read_csv(out / "loss.csv")
+    assert list(loss.columns) == ["step", "loss", "lr"] and list(loss["step"]) == [1]
+
+
+def test_kill_and_resume_replays_the_uninterrupted_run(run, monkeypatch):
+    import improve_lib.train as tr
+
+    full = tiny_config(run, "baseline", MAX_STEPS=5, CHECKPOINT_EVERY=2, ARM_NAME="full")
+    tr.train(full)
+    resumed = {**full, "ARM_NAME": "resumed"}
+    real_loss, calls = tr._diffusion_loss, []
+
+    def killed_at_step_4(pred, noise):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the kernel was interrupted during step 4
+        return real_loss(pred, noise)
+
+    monkeypatch.setattr(tr, "_diffusion_loss", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(resumed)
+    monkeypatch.setattr(tr, "_diffusion_loss", real_loss)
+    out = run / "models" / "resumed"
+    assert [c[0] for c in tr.list_checkpoints(out)] == [2] and not (out / "final").exists()
+    (out / "checkpoint-3").mkdir()  # a checkpoint cut short by a kill: no training_state.json
+    summary = tr.train(resumed)
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps_this_session"] == 3
+    assert not (out / "checkpoint-3").exists()  # the stale incomplete folder was cleaned up
+    for sub in ("final", "final/ema"):
+        a, b = _weights(run / "models" / "full" / sub), _weights(out / sub)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6), (sub, k)
+    pd.testing.assert_frame_equal(pd.read_csv(run / "models" / "full" / "loss.csv"), pd.read_csv(out / "loss.csv"))
+
+
+def test_resume_refuses_a_changed_config_and_a_corrupt_checkpoint(run):
+    from improve_lib.train import train
+
+    cfg = tiny_config(run, "prototype", MAX_STEPS=2, CHECKPOINT_EVERY=2)
+    train(cfg)
+    with pytest.raises(StudyInputError, match=r"BASE_CHANNELS changed from 8 to 16"):
+        train({**cfg, "MAX_STEPS": 4, "BASE_CHANNELS": 16, "NORM_GROUPS": 8})
+    with pytest.raises(StudyInputError, match=r"LR changed from 0\.001 to 0\.002"):
+        train({**cfg, "MAX_STEPS": 4, "LR": 2e-3})
+    ckpt = run / "models" / "prototype" / "checkpoint-2"
+    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(StudyInputError, match=r"checkpoint-2 is corrupt"):
+        train({**cfg, "MAX_STEPS": 4})
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(run, monkeypatch):
+    import improve_lib.train as tr
+
+    real_loss, calls = tr._diffusion_loss, []
+
+    def nan_from_step_3(pred, noise):
+        calls.append(1)
+        loss = real_loss(pred, noise)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(tr, "_diffusion_loss", nan_from_step_3)
+    with pytest.raises(tr.TrainingDivergedError, match=r"nan at step 3 .*checkpoint-2"):
+        tr.train(tiny_config(run, "baseline", MAX_STEPS=5, CHECKPOINT_EVERY=2))
+    assert [c[0] for c in tr.list_checkpoints(run / "models" / "baseline")] == [2]
+
+
+def test_keep_checkpoints_limit(run):
+    from improve_lib.train import list_checkpoints, train
+
+    train(tiny_config(run, "baseline", MAX_STEPS=5, CHECKPOINT_EVERY=1, KEEP_CHECKPOINTS=2, EMA_DECAY=0))
+    assert [(s, c) for s, _, c in list_checkpoints(run / "models" / "baseline")] == [(4, True), (5, True)]
+    assert not (run / "models" / "baseline" / "final" / "ema").exists()  # EMA off: raw weights only
+
+
+def test_cli_with_epochs_and_load_trained_errors(run, tmp_path):
+    import yaml
+
+    from improve_lib.train import load_trained, main
+
+    with pytest.raises(StudyInputError, match="04_train_diffusion"):
+        load_trained(run, "baseline")
+    path = tmp_path / "params.yaml"
+    cfg = tiny_config(run, "baseline", EPOCHS=1, LR="1e-3", DATASET="synthetic")  # unrelated keys are ignored
+    del cfg["MAX_STEPS"]
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(path)]) == 0
+    _, names, saved = load_trained(run, "baseline")
+    assert saved["TOTAL_STEPS"] == 2 and saved["LR"] == 1e-3 and names == CLASSES  # 8 images / batch 4
+    path.write_text(yaml.safe_dump({**cfg, "MAX_STEPS": 3}))
+    assert main(["--config", str(path)]) == 2  # MAX_STEPS and EPOCHS together: a clear error, exit code 2
+
+
+def test_two_cpu_processes_through_notebook_launcher(run, tmp_path, capfd, monkeypatch):
+    import yaml
+
+    import improve_lib.train as tr
+    from improve_lib.train import launch
+
+    # as on a 16-core machine: forked workers with 8 OpenMP threads each hung there before the fix
+    monkeypatch.setattr(tr, "_usable_cpus", lambda: 16)
+    torch.nn.functional.conv2d(torch.randn(8, 8, 32, 32), torch.randn(8, 8, 3, 3))  # the parent's pool has run
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(run, "baseline", MAX_STEPS=2, BATCH_SIZE=2)))
+    launch(path, num_processes=2)
+    assert "world_size=2" in capfd.readouterr().out
+    summary = json.loads((run / "models" / "baseline" / "final" / "training_summary.json").read_text())
+    assert summary["world_size"] == 2 and len(summary["rank_weight_sha256"]) == 2
+    assert len(set(summary["rank_weight_sha256"])) == 1  # DDP kept both ranks' weights identical
+
+
+def test_too_many_processes_is_refused(run, tmp_path):
+    import yaml
+
+    from improve_lib.train import launch
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(run, "baseline")))
+    with pytest.raises(StudyInputError, match="NUM_PROCESSES=4096"):
+        launch(path, num_processes=4096)
+    assert not (run / "models").exists()
