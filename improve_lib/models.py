@@ -128,7 +128,8 @@ def build_unet(cfg: Mapping[str, Any], num_classes: int, class_table: torch.Tens
         model = UNet2DConditionModel(
             sample_size=mc["RESOLUTION"], in_channels=3, out_channels=3,
             down_block_types=tuple(down), up_block_types=tuple(up),
-            # UNetMidBlock2D here is two ResNets without attention (diffusers hard-codes add_attention=False)
+            # in UNet2DConditionModel, "UNetMidBlock2D" is ONE ResNet block: diffusers builds it with
+            # num_layers=0 and add_attention=False (DDPM had two ResNets around an attention layer)
             mid_block_type="UNetMidBlock2D",
             block_out_channels=tuple(channels), layers_per_block=mc["LAYERS_PER_BLOCK"],
             dropout=mc["DROPOUT"], norm_num_groups=mc["NORM_GROUPS"], attention_head_dim=head_dim,

@@ -402,3 +402,28 @@ def load_prototypes(path) -> tuple[torch.Tensor, list[str], dict]:
 def load_class_embeddings(path) -> tuple[torch.Tensor, list[str], dict]:
     """Read ``class_embeddings.safetensors``: (class_embeddings [C, D], class_names, metadata)."""
     return _load_table(path, "class_embeddings", 2)
+
+
+def prototype_space(vectors, prototypes_dir) -> np.ndarray:
+    """Map raw encoder embeddings [N, D] into the space the saved prototypes live in (``f(x)``).
+
+    Reads the ``normalize`` flag and the ``projection`` of ``prototypes_dir/class_embeddings.safetensors``
+    (and ``projection.safetensors`` when it is linear), so anything fitted next to the prototypes (such
+    as the fixed PCA map of the diffusion model's class table) sees the same geometry as CPL did.
+    """
+    prototypes_dir = Path(prototypes_dir)
+    _, _, meta = load_class_embeddings(prototypes_dir / "class_embeddings.safetensors")
+    projection = None
+    if meta.get("projection") == "linear":
+        projection, _, _ = _load_projection(prototypes_dir / "projection.safetensors")
+    normalize = str(meta.get("normalize", "True")).lower() == "true"
+    return _features(_as_tensor(vectors, "vectors"), projection, normalize).numpy()
+
+
+def _load_projection(path):
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise StudyInputError(f"{path}: projection weights missing although the prototypes used a linear projection")
+    return load_file(str(path))["weight"].float(), None, None

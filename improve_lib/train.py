@@ -133,10 +133,12 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
         raise StudyInputError(f"LR must be > 0, got {cfg['LR']}")
     if not 0.0 <= cfg["EMA_DECAY"] < 1.0:
         raise StudyInputError(f"EMA_DECAY must be in [0, 1) (0 disables EMA), got {cfg['EMA_DECAY']}")
-    if cfg["BATCH_SIZE"] < 1 or cfg["CHECKPOINT_EVERY"] < 1 or cfg["KEEP_CHECKPOINTS"] < 1 \
-            or cfg["SAMPLE_STEPS"] < 1 or cfg["SAMPLE_PER_CLASS"] < 1:
-        raise StudyInputError("BATCH_SIZE, CHECKPOINT_EVERY, KEEP_CHECKPOINTS, SAMPLE_STEPS and SAMPLE_PER_CLASS "
-                              f"must be >= 1 (got {[cfg[k] for k in ('BATCH_SIZE', 'CHECKPOINT_EVERY', 'KEEP_CHECKPOINTS', 'SAMPLE_STEPS', 'SAMPLE_PER_CLASS')]})")
+    for key in ("BATCH_SIZE", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_STEPS", "SAMPLE_PER_CLASS"):
+        if cfg[key] < 1:
+            raise StudyInputError(f"{key} must be >= 1, got {cfg[key]}")
+    for key in ("WARMUP_STEPS", "SAMPLE_EVERY"):
+        if cfg[key] < 0:
+            raise StudyInputError(f"{key} must be >= 0, got {cfg[key]}")
     if cfg["LR_SCHEDULE"] not in ("constant", "cosine"):
         raise StudyInputError(f"LR_SCHEDULE must be 'constant' or 'cosine', got {cfg['LR_SCHEDULE']!r}")
     if cfg["MIXED_PRECISION"] not in ("auto", "no", "bf16", "fp16"):
@@ -276,6 +278,10 @@ def class_table_for(cfg: Mapping[str, Any], class_names: list[str]) -> tuple[tor
             if "vectors" not in data:
                 raise StudyInputError(f"{npz} has no array 'vectors'")
             vectors = data["vectors"]
+        # The prototypes live in CPL's feature space (L2-normalised, maybe projected): fit the map there.
+        from .prototypes import prototype_space
+
+        vectors = prototype_space(vectors, run_dir / "prototypes")
     table = prototype_class_table(emb, mode, cond_dim, vectors, seed=int(cfg.get("SEED") or 0))
     return table, int(table.shape[1])
 
@@ -730,10 +736,15 @@ def _free_port() -> int:
 def launch(config_path: str | os.PathLike, num_processes: int = 1, port: int | None = None) -> None:
     """Train from a notebook with ``num_processes`` processes (``accelerate.notebook_launcher``).
 
-    One process calls :func:`train` directly. The workers are forked; on a CPU each runs one thread (see
-    ``_train``), so several CPU processes check the distributed path rather than speed training up. More than the machine offers (CPU runs: the usable cores;
-    CUDA runs: ``torch.cuda.device_count()``) raises :class:`StudyInputError`. ``port`` defaults to a free
-    local port, so concurrent launches do not collide on accelerate's fixed default 29500.
+    One process calls :func:`train` directly. More are forked by notebook_launcher, so call this from a
+    process that has not used CUDA or run a backward pass on a CUDA machine yet (a fresh notebook kernel;
+    forked workers cannot use a parent's CUDA context or autograd threads); otherwise use
+    ``accelerate launch -m improve_lib.train --config ...``. Forked CPU workers run one thread each (see
+    ``_train``), so several CPU processes check the distributed path rather than speed training up.
+
+    More processes than the machine offers (CPU runs: the usable cores; CUDA runs: the GPUs nvidia-smi
+    sees) raise :class:`StudyInputError`. ``port`` defaults to a free local port, so concurrent launches
+    do not collide on accelerate's fixed default 29500.
     """
     from accelerate import notebook_launcher
 
@@ -768,7 +779,8 @@ def load_trained(run_dir: str | os.PathLike, arm: str, ema: bool = True):
     class_names = json.loads((final / "class_names.json").read_text())
     path = final / "ema" if ema and (final / "ema" / "config.json").is_file() else final
     if ema and path == final and float(cfg.get("EMA_DECAY") or 0) > 0:
-        raise StudyInputError(f"{final / 'ema'} is missing although the run used EMA; rerun notebook 04_train_diffusion")
+        raise StudyInputError(f"{final / 'ema'} is missing although the run used EMA; "
+                              f"rerun notebook 04_train_diffusion")
     model = UNet2DConditionModel.from_pretrained(str(path), use_safetensors=True)
     freeze_class_table(model, frozen=cfg.get("ARM") == "prototype" and bool(cfg.get("FREEZE_PROTOTYPES", True)))
     return model.eval(), class_names, cfg

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from improve_lib.errors import StudyInputError
-from improve_lib.models import build_unet, model_config, prototype_class_table
+from improve_lib.models import build_unet, model_config
 
 CLASSES = ["blast", "lymphocyte"]
 D = 24  # prototype dimension != COND_DIM
@@ -198,19 +198,28 @@ def test_cli_with_epochs_and_load_trained_errors(run, tmp_path):
     assert main(["--config", str(path)]) == 2  # MAX_STEPS and EPOCHS together: a clear error, exit code 2
 
 
-def test_two_cpu_processes_through_notebook_launcher(run, tmp_path, capfd, monkeypatch):
+def test_two_cpu_processes_through_notebook_launcher(run, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
     import yaml
 
-    import improve_lib.train as tr
-    from improve_lib.train import launch
-
-    # as on a 16-core machine: forked workers with 8 OpenMP threads each hung there before the fix
-    monkeypatch.setattr(tr, "_usable_cpus", lambda: 16)
-    torch.nn.functional.conv2d(torch.randn(8, 8, 32, 32), torch.randn(8, 8, 3, 3))  # the parent's pool has run
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(tiny_config(run, "baseline", MAX_STEPS=2, BATCH_SIZE=2)))
-    launch(path, num_processes=2)
-    assert "world_size=2" in capfd.readouterr().out
+    # A fresh interpreter, as a notebook kernel that has not trained yet: notebook_launcher forks, and a
+    # parent that already ran a backward on a CUDA machine has autograd threads that forked workers
+    # cannot use ("Unable to handle autograd's threading in combination with fork-based multiprocessing").
+    code = textwrap.dedent(f"""
+        import torch
+        import improve_lib.train as tr
+        tr._usable_cpus = lambda: 16  # as on a 16-core machine: forked workers with 8 threads hung there
+        torch.nn.functional.conv2d(torch.randn(8, 8, 32, 32), torch.randn(8, 8, 3, 3))  # the OpenMP pool ran
+        tr.launch({str(path)!r}, num_processes=2)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size=2" in proc.stdout
     summary = json.loads((run / "models" / "baseline" / "final" / "training_summary.json").read_text())
     assert summary["world_size"] == 2 and len(summary["rank_weight_sha256"]) == 2
     assert len(set(summary["rank_weight_sha256"])) == 1  # DDP kept both ranks' weights identical
