@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from improve_lib.data.images import center_crop_resize, open_rgb
 from improve_lib.errors import StudyInputError
 from improve_lib.io import atomic_path, atomic_write_text, sha256_file
 
@@ -128,23 +129,9 @@ def _load_open_clip(arch: str, pretrained: str, device: str) -> Encoder:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:  # weights_only: a checkpoint from elsewhere must not run pickled code
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise StudyInputError(
-            f"ENCODER: cannot read checkpoint {path} ({type(exc).__name__}: {exc}); expected a "
-            f"safetensors file or a torch state dict (TorchScript archives are not supported)") from exc
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
-            sd = sd[wrapper]
-    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
-        raise StudyInputError(f"ENCODER: checkpoint {path} does not hold a state dict of tensors")
-    # DataParallel / DDP checkpoints prefix every key with "module.".
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    from .io import load_state_dict_file
+
+    return load_state_dict_file(path, "ENCODER")
 
 
 def _load_checkpoint(model: nn.Module, path: Path, arch: str) -> None:
@@ -334,19 +321,11 @@ class EfficientNetLite0(nn.Module):
         return self
 
 
-def _square_resize(img: Image.Image, size: int) -> Image.Image:
-    """Center crop to the short side, then bicubic (antialiased) resize: the project convention."""
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
-
-
 def efficientnet_preprocess(img: Image.Image, size: int = 224) -> torch.Tensor:
     """RGB PIL -> [3, size, size]. Normalisation ``(x - 127) / 128`` on 0-255 pixels is the one the
     TF EfficientNet-Lite models were trained with (efficientnet_lite_builder MEAN_RGB / STDDEV_RGB:
     'inception-style' for quantisation), not the ImageNet mean/std; 224 px is Lite0's resolution."""
-    arr = np.asarray(_square_resize(img.convert("RGB"), size), dtype=np.float32)
+    arr = np.asarray(center_crop_resize(img.convert("RGB"), size), dtype=np.float32)
     return torch.from_numpy((arr - 127.0) / 128.0).permute(2, 0, 1).contiguous()
 
 
@@ -406,11 +385,7 @@ def _write_entry(path: Path, vec: np.ndarray) -> None:
 
 
 def _open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as exc:
-        raise StudyInputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    return open_rgb(path)
 
 
 def embed_paths(paths: Sequence, encoder: Encoder, cache_dir=None, batch_size: int = 32,

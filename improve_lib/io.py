@@ -44,6 +44,38 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def load_state_dict_file(path: str | os.PathLike, what: str) -> dict:
+    """Read a local weights file (.safetensors, or a torch .pt/.pth/.bin state dict) into ``{key: tensor}``.
+
+    Unwraps ``state_dict`` / ``model`` / ``module`` wrappers and DataParallel's ``module.`` key prefix.
+    Torch files load with ``weights_only=True``: a checkpoint from elsewhere must not run pickled code.
+    ``what`` names the parameter in error messages (e.g. ``"ENCODER"``, ``"CLASSIFIER_WEIGHTS"``).
+    """
+    import torch
+
+    from .errors import StudyInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise StudyInputError(f"{what}: weights file {path} not found (expected a .safetensors or .pt/.pth state dict)")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch/safetensors/pickle raise many types
+        raise StudyInputError(f"{what}: cannot read weights file {path} ({type(exc).__name__}: {exc}); expected "
+                              f"a safetensors file or a torch state dict (TorchScript archives are not supported)") from None
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise StudyInputError(f"{what}: weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()

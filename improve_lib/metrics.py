@@ -113,24 +113,9 @@ class TSTRClassifier(nn.Module):
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise StudyInputError(
-            f"weights_path {path}: file not found (expected a local .pth/.pt/.safetensors state dict)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            # weights_only: a pickled file from elsewhere must not run code on load
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise StudyInputError(f"weights_path {path}: not a readable state dict ({type(exc).__name__}: {exc})") from exc
-    for wrapper in ("state_dict", "model"):  # common training-script wrappers
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise StudyInputError(f"weights_path {path}: expected a dict of tensors (a state dict)")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    from .io import load_state_dict_file
+
+    return load_state_dict_file(path, "CLASSIFIER_WEIGHTS")
 
 
 def _load_backbone_weights(net: nn.Module, path, arch: str) -> None:

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = Path(os.environ.get("IMPROVE_NOTEBOOKS", REPO / "notebooks"))
 PARAMS_DIR = Path(os.environ.get("IMPROVE_PARAMS", REPO / "params"))
 KERNEL = "python3"
+PATH_KEYS = ("DATA_DIR", "CACHE_DIR", "CLASSIFIER_WEIGHTS")
 
 
 class StudyRunError(RuntimeError):
@@ -71,7 +72,13 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not key.isupper():
             raise StudyInputError(f"--set {item!r}: parameter names are UPPER_CASE")
-        out[key] = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml.safe_load(value) if value.strip() else None
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key] = parsed
     return out
 
 
@@ -93,6 +100,10 @@ def resolve_params(profile: str, dataset: str | None = None, data_dir: str | Non
     if unknown:
         raise StudyInputError(f"--set key(s) {unknown} are not parameters of any notebook nor of profile {profile!r}")
     params.update(sets)
+    # Notebooks run with the notebooks folder as working directory: make user paths absolute here.
+    for key in PATH_KEYS:
+        if isinstance(params.get(key), str) and params[key]:
+            params[key] = str(Path(params[key]).expanduser().resolve())
     params["PROFILE"] = profile
     return params
 
@@ -108,6 +119,14 @@ def preflight(params: dict[str, Any]) -> None:
     from . import data
 
     src = data.check_source(params["DATASET"], params.get("DATA_DIR"))
+    if params["DATASET"] == "synthetic" and params.get("CLASSES"):
+        from .data import synthetic_cells
+
+        unknown = sorted(set(params["CLASSES"]) - set(synthetic_cells.CLASSES))
+        if unknown:
+            raise StudyInputError(f"synthetic: unknown class(es) {unknown} in CLASSES; valid: {list(synthetic_cells.CLASSES)}")
+    if params["DATASET"] in ("dermamnist", "bloodmnist"):
+        data.medmnist.read_pool(src, params["DATASET"], params.get("CLASSES"))
     if params["DATASET"] in ("ham10000", "bone_marrow"):
         data.build_split(params["DATASET"], src, "/nonexistent-preflight", int(params["N_TRAIN"]),
                          int(params["N_TEST"]), int(params["SEED"]), params.get("CLASSES"),
@@ -153,6 +172,9 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
     if existing and not (resume or force):
         raise StudyInputError(f"run folder {run_dir} is not empty: pass --resume to continue it or --force to start it over")
     if existing and force and not resume:
+        if not ((run_dir / "manifest.json").is_file() or (run_dir / "params.yaml").is_file()):
+            raise StudyInputError(f"--force deletes a run folder and {run_dir} is not one (no manifest.json or "
+                                  f"params.yaml): choose another --run-dir")
         shutil.rmtree(run_dir)
     if resume and (run_dir / "params.yaml").is_file():
         old = yaml.safe_load((run_dir / "params.yaml").read_text()) or {}

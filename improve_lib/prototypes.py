@@ -427,3 +427,15 @@ def _load_projection(path):
     if not path.is_file():
         raise StudyInputError(f"{path}: projection weights missing although the prototypes used a linear projection")
     return load_file(str(path))["weight"].float(), None, None
+
+
+def load_space(prototypes_dir) -> dict:
+    """Everything needed to compare new embeddings with the saved prototypes: ``prototypes`` [C, K, D'],
+    ``class_names``, ``projection`` ([D', D] or None) and ``normalize``, read from ``prototypes_dir``."""
+    prototypes_dir = Path(prototypes_dir)
+    protos, names, meta = load_prototypes(prototypes_dir / "prototypes.safetensors")
+    projection = None
+    if meta.get("projection") == "linear":
+        projection, _, _ = _load_projection(prototypes_dir / "projection.safetensors")
+    return {"prototypes": protos, "class_names": names, "projection": projection,
+            "normalize": str(meta.get("normalize", "True")).lower() == "true"}

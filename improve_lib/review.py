@@ -75,6 +75,9 @@ _FALSE = {"false", "0", "no"}
 
 # ---- criteria -----------------------------------------------------------------------------------
 
+CRITERIA_ALIASES = {"dermamnist": "ham10000", "bloodmnist": "bone_marrow"}
+
+
 def load_criteria(dataset: str) -> dict:
     """Load and validate ``criteria/<dataset>.yaml``.
 
@@ -82,6 +85,8 @@ def load_criteria(dataset: str) -> dict:
     of ``{id, name, question}``). Raises :class:`StudyInputError` for an unknown dataset, a missing
     field, a badly formed or duplicate criterion id.
     """
+    # MedMNIST's DermaMNIST / BloodMNIST hold the same kinds of images as HAM10000 / Bone Marrow.
+    dataset = CRITERIA_ALIASES.get(dataset, dataset)
     path = CRITERIA_DIR / f"{dataset}.yaml"
     if not re.fullmatch(r"[A-Za-z0-9_]+", str(dataset)) or not path.is_file():
         known = sorted(p.stem for p in CRITERIA_DIR.glob("*.yaml"))
@@ -387,9 +392,10 @@ def read_judgments(run_dir, reviewer: str, latest: bool = True) -> pd.DataFrame:
     return table
 
 
-def _reviewers_with_files(run_dir: Path) -> list[str]:
+def reviewers_with_files(run_dir) -> list[str]:
+    """Names of the reviewers who have a judgment file in ``RUN_DIR/review/``."""
     names = []
-    for p in sorted(_review_dir(run_dir).glob("*.csv")):
+    for p in sorted(_review_dir(Path(run_dir)).glob("*.csv")):
         if p.stem != "tasks" and _REVIEWER_RE.fullmatch(p.stem):
             names.append(p.stem)
     return names
@@ -469,7 +475,7 @@ def plausibility_table(run_dir, reviewers: Sequence[str] | None = None) -> pd.Da
     """
     run_dir = Path(run_dir)
     tasks = load_tasks(run_dir, check_images=False)
-    reviewers = list(reviewers) if reviewers is not None else _reviewers_with_files(run_dir)
+    reviewers = list(reviewers) if reviewers is not None else reviewers_with_files(run_dir)
     frames = []
     for r in reviewers:
         j = read_judgments(run_dir, r)

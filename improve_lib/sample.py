@@ -161,14 +161,15 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int = 
     Image ``(class c, index i)`` starts from noise seeded by :func:`image_seed` ``(seed, c, i)``, so any
     image can be regenerated alone. Existing PNGs are kept (a rerun fills in what is missing), which is
     safe because their bytes depend only on (model, seed, class, index, steps, eta, guidance); the
-    settings are recorded in ``samples/<arm>/sampling.json`` and a change of them is refused.
+    settings and the model's weight hash are recorded in ``samples/<arm>/sampling.json`` and a change
+    of either is refused.
     """
     import json
 
     import pandas as pd
 
     from .io import atomic_write_json
-    from .models import noise_scheduler
+    from .models import noise_scheduler, state_dict_sha256
     from .train import load_trained
 
     if int(n_per_class) < 1:
@@ -178,7 +179,8 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int = 
     model.to(device)
     out_dir = Path(run_dir) / "samples" / arm
     settings = {"arm": arm, "steps": int(steps), "eta": float(eta), "guidance_scale": float(guidance_scale),
-                "seed": int(seed), "ema": bool(ema), "guidance_formula": "(1+w)*eps_cond - w*eps_uncond"}
+                "seed": int(seed), "ema": bool(ema), "guidance_formula": "(1+w)*eps_cond - w*eps_uncond",
+                "model_sha256": state_dict_sha256(model)}  # a retrained model must not reuse old PNGs
     record = out_dir / "sampling.json"
     if record.is_file():
         old = json.loads(record.read_text())

@@ -55,7 +55,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAIN_DEFAULTS: dict[str, Any] = {
     "RUN_DIR": None,              # required: the run folder (data/split.csv, prototypes/, embeddings/)
     "ARM": None,                  # required: "prototype" | "baseline"
-    "ARM_NAME": None,             # output folder under models/; default ARM ("prototype_trainable" for the ablation)
+    "ARM_NAME": None,             # output folder under models/; default ARM (ablations use their own RUN_DIR)
     "CLASS_EMBEDDING_MAP": "none",  # "none" (COND_DIM = prototype dim, paper) | "pca" (fixed whitened PCA)
     "FREEZE_PROTOTYPES": True,    # prototype arm: freeze the table (the paper); False = ablation
     "P_UNCOND": 0.1,              # condition dropout for classifier-free guidance
@@ -157,8 +157,7 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
         if cfg["EPOCHS"] <= 0:
             raise StudyInputError(f"EPOCHS must be > 0, got {cfg['EPOCHS']}")
     if cfg["ARM_NAME"] in (None, ""):
-        cfg["ARM_NAME"] = ("prototype_trainable" if cfg["ARM"] == "prototype" and not cfg["FREEZE_PROTOTYPES"]
-                           else cfg["ARM"])
+        cfg["ARM_NAME"] = cfg["ARM"]
     noise_scheduler(cfg)  # validates NUM_TRAIN_TIMESTEPS and BETA_SCHEDULE
     model_config({**cfg, "COND_DIM": cfg.get("COND_DIM") or 1})  # validates the model keys early
     return cfg
@@ -682,22 +681,12 @@ def _export(out_dir: Path, model, ema, scheduler, cfg, class_names, summary) -> 
 
 
 def _plot_loss(loss_csv: Path, path: Path, name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    data = pd.read_csv(loss_csv)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(data["step"], data["loss"], lw=0.5, alpha=0.4, label="loss")
-    if len(data) >= 10:
-        window = max(5, len(data) // 50)
-        ax.plot(data["step"], data["loss"].rolling(window, min_periods=1).mean(), lw=1.5,
-                label=f"mean of {window}")
-    ax.set(xlabel="step", ylabel="epsilon MSE", yscale="log", title=f"training loss: {name}")
-    ax.legend()
-    fig.tight_layout()
+    from .plots import loss_curves
+
+    fig = loss_curves(pd.read_csv(loss_csv).assign(arm=name), title=f"training loss: {name}")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

@@ -13,31 +13,50 @@ from improve_lib.errors import StudyInputError
 pytestmark = pytest.mark.slow
 
 
-def _check_run(run_dir, dataset):
+def _check_run(run_dir, dataset, notebooks):
     m = json.loads((run_dir / "manifest.json").read_text())
-    assert m["complete"] and m["dataset"] == dataset and m["seed"] == 0
+    assert m["dataset"] == dataset and m["seed"] == 0
     assert m["packages"]["torch"] and "commit" in m["git"]
+    assert sorted(m["stages"]) == sorted(notebooks)
     assert all(v["status"] == "done" for v in m["stages"].values())
     assert "data/split.csv" in m["outputs"] and "notebooks/01_explore_data.ipynb" in m["outputs"]
+    assert all(len(h) == 64 for h in m["outputs"].values())
     assert (run_dir / "figures" / "01_class_counts.png").is_file()
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
     assert params["PROFILE"] == "smoke" and params["DATASET"] == dataset
     return m
 
 
-@pytest.mark.parametrize("dataset", ["synthetic", "ham10000", "bone_marrow"])
-def test_smoke_run_01(dataset, tmp_path, request):
+ALL = [p.name for p in pipeline.list_notebooks()]
+
+
+@pytest.mark.parametrize("dataset,upto", [("synthetic", None), ("ham10000", "04"), ("bone_marrow", "04")])
+def test_smoke_run(dataset, upto, tmp_path, request):
+    """The runner on the smoke profile: every notebook on the embedded data, 01-04 on the real subsets."""
     data_dir = None
     if dataset != "synthetic":
         data_dir = request.getfixturevalue("ham_dir" if dataset == "ham10000" else "bm_dir")
+    only = None if upto is None else [f"{i:02d}" for i in range(1, int(upto) + 1)]
     run = pipeline.run_pipeline("smoke", dataset=dataset, data_dir=data_dir, run_dir=tmp_path / "run",
-                                only=["01"], progress=False)
-    m = _check_run(run, dataset)
+                                only=only, progress=False)
+    books = ALL if only is None else [b for b in ALL if b[:2] in only]
+    m = _check_run(run, dataset, books)
+    assert m["complete"] == (only is None)
+    assert m["facts"]["02_embeddings"]["encoder_is_clip"] is False
+    assert (run / "prototypes" / "prototypes.safetensors").is_file()
+    assert (run / "models" / "prototype" / "final" / "ema" / "config.json").is_file()
+    assert (run / "models" / "baseline" / "final" / "config.json").is_file()
     if dataset == "bone_marrow":
         excluded = [r["class_name"] for r in m["facts"]["01_explore_data"]["excluded_classes"] if not r["kept"]]
         assert "EBO" in excluded and "NGB" in excluded
     if dataset == "ham10000":
         assert any(k.endswith("HAM10000_metadata.csv") for k in m["inputs"])
+    if only is None:
+        assert (run / "tables" / "tstr.md").is_file() and (run / "metrics" / "metrics.json").is_file()
+        tstr = json.loads((run / "metrics" / "metrics.json").read_text())["tstr"]
+        assert set(tstr["sets"]) == {"baseline", "prototype", "real"}
+        assert (run / "tables" / "objective_plausibility.csv").is_file()
+        assert len(list((run / "samples" / "prototype").rglob("*.png"))) == 6 * 8
 
 
 def test_refuses_non_empty_run_dir_and_bad_input_leaves_nothing(tmp_path, ham_dir):

@@ -8,6 +8,7 @@ into training.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -55,6 +56,10 @@ def read_pool(data_dir: Path, classes: list[str] | None = None) -> tuple[pd.Data
             found[p.stem] = p
     meta = meta[meta["dx"].isin(class_names)]
     meta = meta.assign(path=meta["image_id"].map(lambda i: str(found[i]) if i in found else None))
+    missing = int(meta["path"].isna().sum())
+    if missing:
+        warnings.warn(f"HAM10000: {missing} of {len(meta)} images in {meta_path.name} were not found in "
+                      f"{[str(f) for f in folders]}; they are left out", stacklevel=2)
     meta = meta.dropna(subset=["path"])
     pool = pd.DataFrame({
         "path": meta["path"], "class_name": meta["dx"], "group": meta["lesion_id"],
