@@ -10,7 +10,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IMPROVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("IMPROVE_CACHE_DIR", str(REPO / ".cache" / "test-embeddings"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_embedding_cache(tmp_path_factory):
+    """A cache per test session: a warm cache from an earlier run must not hide an encoder regression."""
+    os.environ["IMPROVE_CACHE_DIR"] = str(tmp_path_factory.mktemp("embedding-cache"))
 
 
 def _require(path: Path) -> Path:

@@ -62,3 +62,25 @@ def test_papermill_sees_every_parameter(path):
     source = nb.cells[notebook_tools.parameter_cells(path)[0]].source
     names = {ast.parse(line).body[0].targets[0].id for line in source.splitlines() if line.strip()}
     assert set(pipeline.declared_parameters(path)) == names
+
+
+def test_every_profile_key_is_a_notebook_parameter():
+    """A typo in a profile would otherwise be ignored silently."""
+    declared = set()
+    for nb in NOTEBOOKS:
+        declared |= set(pipeline.declared_parameters(nb))
+    for profile in ("smoke", "demo", "paper"):
+        raw = pipeline.load_profile(profile)
+        keys = set(raw) - {"datasets"}
+        for per_dataset in (raw.get("datasets") or {}).values():
+            keys |= set(per_dataset or {})
+        assert not keys - declared, f"params/{profile}.yaml: {sorted(keys - declared)} are not notebook parameters"
+
+
+def test_paper_profile_is_table_2():
+    p = pipeline.load_profile("paper")
+    assert (p["RESOLUTION"], p["BASE_CHANNELS"], p["CHANNEL_MULT"], p["LAYERS_PER_BLOCK"], p["DROPOUT"]) == \
+        (64, 64, [1, 2, 4, 8], 2, 0.1)
+    assert (p["LR"], p["BATCH_SIZE"], p["EPOCHS"], p["N_TRAIN"], p["N_TEST"], p["STEPS"], p["N_PER_CLASS"]) == \
+        (1e-4, 16, 1500, 100, 50, 50, 100)
+    assert p["CLASSIFIER"] == "resnext50_32x4d" and p["CLASS_EMBEDDING_MAP"] == "none"
