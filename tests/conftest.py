@@ -36,3 +36,15 @@ def ham_dir() -> Path:
 def bm_dir() -> Path:
     """The Bone Marrow development subset (../shared/data/bone_marrow)."""
     return _require(SHARED_DATA / "bone_marrow")
+
+
+@pytest.fixture()
+def one_thread():
+    """Run a test with one torch thread: on a shared 2-core machine two OpenMP threads spin against
+    other processes and run the tiny models of the unit tests many times slower (measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

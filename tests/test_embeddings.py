@@ -23,13 +23,7 @@ SHARED_DATA = Path(os.environ.get("IMPROVE_SHARED_DATA") or Path(__file__).resol
 SMALL_ARCH = "ViT-S-32"  # the smallest ViT in open_clip's list; random weights, never downloaded
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a shared 2-core machine one thread runs these small models ~2x faster than two (measured).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

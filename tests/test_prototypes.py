@@ -27,14 +27,7 @@ SHARED_DATA = Path(os.environ.get("IMPROVE_SHARED_DATA") or Path(__file__).resol
 BONE_MARROW_CLASSES = ["ART", "BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These tensors are tiny; on a shared 2-core machine two OpenMP threads spin against other
-    # processes and run ~20x slower than one (measured).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see conftest.one_thread
 
 
 # Two classes, K=2, 2-d features. Class 0 prototypes (0,1), (1,0); class 1 prototypes (2,2), (3,0).
