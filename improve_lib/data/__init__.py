@@ -145,5 +145,6 @@ def class_names_of(table: pd.DataFrame) -> list[str]:
     """Class names in label order, checked to be one name per label 0..C-1."""
     pairs = table[["label", "class_name"]].drop_duplicates().sort_values("label")
     if list(pairs["label"]) != list(range(len(pairs))) or pairs["class_name"].duplicated().any():
-        raise StudyInputError("split table: labels and class names do not map one-to-one onto 0..C-1")
+        raise StudyInputError(f"split table (data/split.csv): labels and class names must map one-to-one onto "
+                              f"0..C-1, found {pairs.values.tolist()}")
     return list(pairs["class_name"])

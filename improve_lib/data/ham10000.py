@@ -44,7 +44,8 @@ def read_pool(data_dir: Path, classes: list[str] | None = None) -> tuple[pd.Data
     class_names = list(classes) if classes else sorted(meta["dx"].dropna().unique())
     unknown = sorted(set(class_names) - set(CLASSES))
     if unknown:
-        raise StudyInputError(f"HAM10000: unknown class(es) {unknown} in CLASSES; valid: {list(CLASSES)}")
+        where = "CLASSES" if classes else f"the dx column of {meta_path}"
+        raise StudyInputError(f"HAM10000: unknown class(es) {unknown} in {where}; valid: {list(CLASSES)}")
     folders = [data_dir / f for f in IMAGE_FOLDERS if (data_dir / f).is_dir()]
     if not folders:
         raise StudyInputError(
