@@ -23,6 +23,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue a run folder, skipping finished notebooks")
     r.add_argument("--force", action="store_true", help="start over in a non-empty run folder")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("sweep", help="run a grid of runs (papermill), sharing upstream notebooks")
+    s.add_argument("--preset", help="params/ablations/<PRESET>.yaml (flags below take precedence)")
+    s.add_argument("--profile", help="params/<PROFILE>.yaml: smoke, demo, paper")
+    s.add_argument("--dataset", help="synthetic | ham10000 | bone_marrow | dermamnist | bloodmnist")
+    s.add_argument("--data-dir", help="folder holding the dataset (not needed for synthetic)")
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=v1,v2",
+                   help="a parameter and its values (repeatable; the grid is every combination)")
+    s.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the preset's, else 0)")
+    s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a fixed override for every run (repeatable)")
+    s.add_argument("--from", dest="from_nb", metavar="NN",
+                   help="promise that the grid changes only notebooks NN and later (checked); earlier ones are shared")
+    s.add_argument("--to", dest="to_nb", metavar="NN", help="stop each run after notebook NN")
+    s.add_argument("--sweep-dir", help="sweep folder (default runs/sweeps/<preset> or <profile>-<dataset>-<keys>)")
+    s.add_argument("--dry-run", action="store_true", help="print the runs and what each would share; run nothing")
+    s.add_argument("--estimate-from", metavar="RUN_DIR", help="with --dry-run: estimate the time from a finished run")
+    s.add_argument("--no-compare", action="store_true", help="do not render 08_compare_runs.ipynb at the end")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    c = sub.add_parser("compare", help="render 08_compare_runs.ipynb for a sweep folder")
+    c.add_argument("sweep_dir", help="a folder written by `sweep`")
     return p
 
 
@@ -31,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import parse_sets
 
     args = build_parser().parse_args(argv)
+    if args.command == "sweep":
+        return _sweep(args)
+    if args.command == "compare":
+        from .sweep import render_comparison
+
+        try:
+            print(f"comparison: {render_comparison(args.sweep_dir)}")
+        except (StudyInputError, StudyRunError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         run_dir = run_pipeline(
             args.profile, dataset=args.dataset, data_dir=args.data_dir, run_dir=args.run_dir,
@@ -42,3 +75,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, StudyInputError) else 1
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _sweep(args) -> int:
+    from . import sweep
+    from .pipeline import parse_sets
+
+    try:
+        preset = sweep.load_preset(args.preset) if args.preset else None
+        spec = sweep.spec_from(preset, profile=args.profile, dataset=args.dataset, data_dir=args.data_dir,
+                               grid=sweep.parse_grid(args.grid), seeds=args.seeds, sets=parse_sets(args.sets),
+                               from_nb=args.from_nb, to_nb=args.to_nb)
+        sweep_dir, outcomes = sweep.run_sweep(spec, args.sweep_dir, dry_run=args.dry_run,
+                                              compare=not args.no_compare, progress=not args.no_progress,
+                                              estimate_from=args.estimate_from)
+    except StudyInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return 0
+    print(sweep.report(outcomes))
+    print(f"sweep folder: {sweep_dir}")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0

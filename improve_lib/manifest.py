@@ -106,21 +106,29 @@ def record_facts(run_dir: str | Path, stage: str, **facts: Any) -> None:
     save(run_dir, m)
 
 
-def record_stage(run_dir: str | Path, notebook: str, status: str, seconds: float, params: dict[str, Any]) -> None:
-    """Record a notebook's outcome (done / failed), its wall time and the parameters it got."""
+def record_stage(run_dir: str | Path, notebook: str, status: str, seconds: float, params: dict[str, Any],
+                 key: str | None = None) -> None:
+    """Record a notebook's outcome (done / failed), its wall time, the parameters it got and its stage key
+    (:func:`improve_lib.pipeline.stage_keys`: what a resume or a sweep compares before reusing it)."""
     m = load(run_dir)
     m.setdefault("stages", {})[notebook] = {
-        "status": status, "seconds": round(seconds, 2), "params": params,
+        "status": status, "seconds": round(seconds, 2), "params": params, "key": key,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     save(run_dir, m)
 
 
-def refresh_outputs(run_dir: str | Path) -> int:
-    """Hash every file in the run folder except the manifest (re-hashing only changed files)."""
+def refresh_outputs(run_dir: str | Path, stage: str | None = None) -> int:
+    """Hash every file in the run folder except the manifest (re-hashing only changed files).
+
+    With ``stage`` (the notebook that just ran), files that are new or changed since the last refresh
+    are attributed to it in ``output_stages`` (file -> every stage that wrote it), which is what lets a
+    sweep copy exactly the outputs of the stages it shares (:mod:`improve_lib.sweep`).
+    """
     run_dir = Path(run_dir)
     m = load(run_dir)
     old = m.get("outputs", {})
+    written_by = m.get("output_stages", {})
     stats = m.get("_output_stats", {})
     outputs, new_stats = {}, {}
     for p in sorted(run_dir.rglob("*")):
@@ -131,6 +139,11 @@ def refresh_outputs(run_dir: str | Path) -> int:
         sig = f"{st.st_size}:{st.st_mtime_ns}"
         outputs[key] = old[key] if stats.get(key) == sig and key in old else sha256_file(p)
         new_stats[key] = sig
+        if stage is not None and outputs[key] != old.get(key):
+            stages = written_by.setdefault(key, [])
+            if stage not in stages:
+                stages.append(stage)
     m["outputs"], m["_output_stats"] = outputs, new_stats
+    m["output_stages"] = {k: v for k, v in written_by.items() if k in outputs}
     save(run_dir, m)
     return len(outputs)

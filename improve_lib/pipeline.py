@@ -6,6 +6,8 @@ notebook receives only the parameters its ``parameters`` cell declares.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -24,6 +26,8 @@ NOTEBOOK_DIR = Path(os.environ.get("IMPROVE_NOTEBOOKS", REPO / "notebooks"))
 PARAMS_DIR = Path(os.environ.get("IMPROVE_PARAMS", REPO / "params"))
 KERNEL = "python3"
 PATH_KEYS = ("DATA_DIR", "CACHE_DIR", "CLASSIFIER_WEIGHTS")
+# Where a run lives or caches does not change what it computes: left out of the stage keys.
+KEY_EXCLUDE = ("RUN_DIR", "CACHE_DIR")
 
 
 class StudyRunError(RuntimeError):
@@ -133,6 +137,43 @@ def preflight(params: dict[str, Any]) -> None:
                          int(params.get("MIN_PER_CLASS", 1)), int(params.get("RESOLUTION", 64)), verify=True)
 
 
+def code_fingerprint(package_dir: Path = REPO / "improve_lib") -> str:
+    """sha256 over the library's source files: a stage computed by other code is never reused."""
+    h = hashlib.sha256()
+    for p in sorted(package_dir.rglob("*")):
+        if p.is_file() and p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
+            h.update(str(p.relative_to(package_dir)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def notebook_fingerprint(notebook: Path) -> str:
+    """sha256 of the notebook's code cells (outputs and markdown do not change what it computes)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()
+
+
+def stage_keys(params: dict[str, Any], notebooks: list[Path]) -> dict[str, str]:
+    """One key per notebook: a hash of its code, the library's code, the values of the parameters it
+    declares (all but :data:`KEY_EXCLUDE`) and the key of the notebook before it.
+
+    Two runs whose keys agree up to notebook NN computed the same outputs up to NN, so a sweep may copy
+    them instead of recomputing. SEED and DATASET/DATA_DIR are parameters of every chain (01 declares
+    the data, every notebook declares SEED), so a change of seed or data changes every key.
+    """
+    library = code_fingerprint()
+    keys, upstream = {}, ""
+    for nb in notebooks:
+        declared = sorted(k for k in declared_parameters(nb) if k not in KEY_EXCLUDE)
+        blob = json.dumps({"notebook": nb.name, "code": notebook_fingerprint(nb), "library": library,
+                           "params": {k: params.get(k) for k in declared}, "upstream": upstream},
+                          sort_keys=True, default=str)
+        upstream = keys[nb.name] = hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return keys
+
+
 def _failed_cell(executed: Path) -> str:
     """'cell N (first line)' of the failing cell, numbered as in the source notebook (1-based)."""
     import nbformat
@@ -188,13 +229,19 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=True))
     run_id = run_dir.name
     m = manifest.start(run_dir, run_id, profile, params)
+    keys = stage_keys(params, all_books)
+    m["stage_keys"] = keys
+    manifest.save(run_dir, m)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup without network hangs for a minute
     bar = tqdm(books, desc=f"run {run_id}", unit="notebook", disable=not progress)
+    rerun = False  # once a notebook runs, every later one runs too (its inputs may have changed)
     for nb in bar:
         bar.set_postfix_str(nb.name)
-        if resume and m.get("stages", {}).get(nb.name, {}).get("status") == "done":
+        done = m.get("stages", {}).get(nb.name, {})
+        if resume and not rerun and done.get("status") == "done" and done.get("key") == keys[nb.name]:
             continue
+        rerun = True
         declared = declared_parameters(nb)
         nb_params = {k: params[k] for k in declared if k in params}
         out = run_dir / "notebooks" / nb.name
@@ -203,17 +250,18 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
             papermill.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name=KERNEL,
                                        cwd=str(nb.parent), progress_bar=progress, log_output=False)
         except papermill.PapermillExecutionError as exc:
-            manifest.record_stage(run_dir, nb.name, "failed", time.time() - t0, nb_params)
-            manifest.refresh_outputs(run_dir)
+            manifest.record_stage(run_dir, nb.name, "failed", time.time() - t0, nb_params, keys[nb.name])
+            manifest.refresh_outputs(run_dir, nb.name)
             raise StudyRunError(
                 f"notebook {nb.name} failed in {_failed_cell(out)} with {exc.ename}: {exc.evalue}\n"
                 f"executed copy with the traceback: {out}"
             ) from None
-        manifest.record_stage(run_dir, nb.name, "done", time.time() - t0, nb_params)
-        manifest.refresh_outputs(run_dir)
+        manifest.record_stage(run_dir, nb.name, "done", time.time() - t0, nb_params, keys[nb.name])
+        manifest.refresh_outputs(run_dir, nb.name)
         m = manifest.load(run_dir)
     m = manifest.load(run_dir)
     m["finished"] = datetime.now().astimezone().isoformat(timespec="seconds")
-    m["complete"] = all(m["stages"].get(p.name, {}).get("status") == "done" for p in all_books)
+    m["complete"] = all(m["stages"].get(p.name, {}).get("status") == "done"
+                        and m["stages"][p.name].get("key") == keys[p.name] for p in all_books)
     manifest.save(run_dir, m)
     return run_dir

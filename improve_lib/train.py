@@ -76,7 +76,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "SAMPLE_EVERY": 0,            # preview grid every n steps (0: only at the end)
     "SAMPLE_STEPS": 25,           # DDIM steps of the preview grid
     "SAMPLE_PER_CLASS": 4,
-    "GUIDANCE_SCALE": 1.8,        # w of the reference code's (1+w)*cond - w*uncond
+    "PREVIEW_GUIDANCE_SCALE": 1.8,  # preview grids only; w of the reference code's (1+w)*cond - w*uncond
     "FLIP": False,                # random horizontal + vertical flips
     "CPU": "auto",                # True forces Accelerator(cpu=True); "auto": True when CUDA is absent
     "PROGRESS": True,
@@ -120,7 +120,7 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
     if cfg["CLASS_EMBEDDING_MAP"] not in CLASS_EMBEDDING_MAPS:
         raise StudyInputError(f"CLASS_EMBEDDING_MAP must be one of {list(CLASS_EMBEDDING_MAPS)}, "
                               f"got {cfg['CLASS_EMBEDDING_MAP']!r}")
-    for key in ("P_UNCOND", "LR", "WEIGHT_DECAY", "GRAD_CLIP", "EMA_DECAY", "GUIDANCE_SCALE"):
+    for key in ("P_UNCOND", "LR", "WEIGHT_DECAY", "GRAD_CLIP", "EMA_DECAY", "PREVIEW_GUIDANCE_SCALE"):
         cfg[key] = _number(cfg[key], key, float)  # YAML reads "1e-4" as a string
     for key in ("WARMUP_STEPS", "BATCH_SIZE", "NUM_TRAIN_TIMESTEPS", "CHECKPOINT_EVERY", "SAMPLE_EVERY",
                 "SAMPLE_STEPS", "SAMPLE_PER_CLASS", "KEEP_CHECKPOINTS"):
@@ -628,7 +628,7 @@ def _preview(model, cfg, num_classes, path, scheduler):
     from .sample import sample_grid, save_png
 
     grid = sample_grid(model, num_classes, scheduler_config=scheduler.config, per_class=cfg["SAMPLE_PER_CLASS"],
-                       guidance_scale=cfg["GUIDANCE_SCALE"], steps=cfg["SAMPLE_STEPS"], seed=cfg["SEED"])
+                       guidance_scale=cfg["PREVIEW_GUIDANCE_SCALE"], steps=cfg["SAMPLE_STEPS"], seed=cfg["SEED"])
     save_png(grid, path)
 
 

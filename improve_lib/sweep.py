@@ -1,0 +1,585 @@
+"""Papermill sweeps: many runs of the notebook pipeline from one grid, sharing what they can.
+
+``python -m improve_lib sweep --profile demo --grid GUIDANCE_SCALE=0,1,2,4 --seeds 0,1,2`` expands
+the grid (every combination of the ``--grid`` values, times every seed) into runs. Each run is an
+ordinary run folder, ``<sweep dir>/<run name>/``, named from its settings
+(``guidance_scale_2-seed1``), executed by :func:`improve_lib.pipeline.run_pipeline`.
+
+Sharing upstream stages
+    Every notebook of a run has a *stage key* (:func:`improve_lib.pipeline.stage_keys`): a hash of
+    the notebook's code, the library's code, the values of the parameters that notebook declares and
+    the key of the notebook before it. Before a run starts, the sweep looks through the run folders
+    of the sweep for the longest chain of finished notebooks whose keys equal this run's, copies the
+    files those notebooks wrote (the manifest records which notebook wrote which file) and runs only
+    the rest. SEED is a parameter of every notebook and the data (DATASET, DATA_DIR) of the first, so
+    runs of another seed or other data never share anything; a change in the library's code changes
+    every key, so results computed by older code are never mixed in.
+
+Skip, continue, report
+    A run whose notebooks are all done with the current keys is skipped; a failed run is recorded
+    and the sweep goes on; ``runs.csv`` and the printed report list every run's status, and the
+    command exits non-zero when any run failed. Bad input (a grid key no notebook declares, a value
+    of the wrong type, two grid entries giving the same run name) is reported before anything runs.
+
+Presets in ``params/ablations/<name>.yaml`` hold a sweep's settings (``--preset name``).
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import itertools
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from . import manifest
+from .errors import StudyInputError
+from .io import atomic_path, atomic_write_text
+from .pipeline import (NOTEBOOK_DIR, PARAMS_DIR, StudyRunError, declared_parameters, list_notebooks,
+                       load_profile, preflight, resolve_params, run_pipeline, stage_keys)
+
+ABLATIONS_DIR = PARAMS_DIR / "ablations"
+COMPARE_NOTEBOOK = "08_compare_runs.ipynb"
+RESERVED = {"SEED": "give seeds with --seeds", "RUN_DIR": "each run gets its own folder",
+            "PROFILE": "give the profile with --profile"}
+PRESET_KEYS = {"description", "profile", "dataset", "data_dir", "grid", "seeds", "set", "from", "to",
+               "time"}
+_NOT_COPIED = {"params.yaml", manifest.MANIFEST}  # the runner writes these for each run
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep: a profile, a grid of parameter values, seeds, fixed overrides, a notebook range."""
+    profile: str
+    grid: dict[str, list[Any]]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    dataset: str | None = None
+    data_dir: str | None = None
+    sets: dict[str, Any] = field(default_factory=dict)
+    from_nb: str | None = None
+    to_nb: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class SweepRun:
+    """One expanded run: its folder name, grid values, seed, resolved parameters and stage keys."""
+    name: str
+    point: dict[str, Any]
+    seed: int
+    params: dict[str, Any]
+    keys: dict[str, str]
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+def _yaml_value(text: str) -> Any:
+    value = yaml.safe_load(text) if text.strip() else None
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
+    """``["K=1,3", "ARMS=[prototype],[baseline,prototype]"]`` -> ``{"K": [1, 3], "ARMS": [[...], [...]]}``.
+
+    The values after ``=`` are read as one YAML flow sequence, so lists and quoted strings work."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise StudyInputError(f"--grid {item!r}: expected KEY=v1,v2,...")
+        key, text = (s.strip() for s in item.split("=", 1))
+        if not key.isupper():
+            raise StudyInputError(f"--grid {item!r}: parameter names are UPPER_CASE")
+        if key in grid:
+            raise StudyInputError(f"--grid names {key} twice")
+        try:
+            values = yaml.safe_load(f"[{text}]")
+        except yaml.YAMLError as exc:
+            raise StudyInputError(f"--grid {item!r}: cannot read the values ({exc.problem})") from None
+        if not values:
+            raise StudyInputError(f"--grid {item!r}: no values")
+        grid[key] = [_yaml_value(yaml.safe_dump(v)) if isinstance(v, str) else v for v in values]
+    return grid
+
+
+def parse_seeds(text: str | Sequence[int]) -> list[int]:
+    """``"0,1,2"`` (or a list) -> ``[0, 1, 2]``; duplicates and non-integers are errors."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        seeds = [int(str(s).strip()) for s in items if str(s).strip()]
+    except ValueError:
+        raise StudyInputError(f"--seeds {text!r}: expected integers such as 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise StudyInputError(f"--seeds {text!r}: give one or more distinct integers")
+    return seeds
+
+
+def load_preset(name: str, ablations_dir: Path = ABLATIONS_DIR) -> dict[str, Any]:
+    """Read ``params/ablations/<name>.yaml`` (or a path to such a file)."""
+    path = Path(name)
+    if not path.suffix:
+        path = ablations_dir / f"{name}.yaml"
+    if not path.is_file():
+        avail = sorted(p.stem for p in ablations_dir.glob("*.yaml"))
+        raise StudyInputError(f"unknown preset {name!r}: {path} does not exist; available: {avail}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise StudyInputError(f"{path} must hold a mapping (profile, grid, seeds, set, from, to)")
+    unknown = sorted(set(data) - PRESET_KEYS)
+    if unknown:
+        raise StudyInputError(f"{path}: unknown key(s) {unknown}; a preset may hold {sorted(PRESET_KEYS)}")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) for v in grid.values()):
+        raise StudyInputError(f"{path}: grid must map KEY to a list of values")
+    data["grid"] = {k: [_expand_env(v, path, k) for v in vs] for k, vs in grid.items()}
+    data["name"] = path.stem
+    return data
+
+
+def _expand_env(value: Any, path: Path, key: str) -> Any:
+    """``${VAR}`` in a preset's string values is taken from the environment (e.g. a weights file)."""
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    missing = [v for v in re.findall(r"\$\{(\w+)\}", value) if not os.environ.get(v)]
+    if missing:
+        raise StudyInputError(f"{path}: grid value {value!r} of {key} needs the environment variable(s) "
+                              f"{missing}; set them (e.g. the path to a local open_clip checkpoint)")
+    return os.path.expandvars(value)
+
+
+def spec_from(preset: dict[str, Any] | None = None, **flags: Any) -> SweepSpec:
+    """A :class:`SweepSpec` from a preset, with command-line flags taking precedence (grid keys merge)."""
+    preset = preset or {}
+    grid = dict(preset.get("grid") or {})
+    grid.update(flags.get("grid") or {})
+    sets = dict(preset.get("set") or {})
+    sets.update(flags.get("sets") or {})
+    seeds = flags.get("seeds") if flags.get("seeds") is not None else preset.get("seeds", [0])
+    profile = flags.get("profile") or preset.get("profile")
+    if not profile:
+        raise StudyInputError("sweep: give --profile (or a --preset that names one)")
+    if not grid:
+        raise StudyInputError("sweep: give at least one --grid KEY=v1,v2 (or a --preset with a grid)")
+    pick = lambda k, pk: flags.get(k) if flags.get(k) is not None else preset.get(pk)  # noqa: E731
+    return SweepSpec(profile=profile, grid=grid, seeds=parse_seeds(seeds), dataset=pick("dataset", "dataset"),
+                     data_dir=pick("data_dir", "data_dir"), sets=sets,
+                     from_nb=_nb_number(pick("from_nb", "from")), to_nb=_nb_number(pick("to_nb", "to")),
+                     name=flags.get("name") or preset.get("name"))
+
+
+def _nb_number(value: Any) -> str | None:
+    return None if value is None else str(value).zfill(2)
+
+
+# ------------------------------------------------------------------------------- grid and names
+
+def selected_notebooks(spec: SweepSpec, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The pipeline notebooks a sweep runs: all of them up to ``--to`` (``--from`` only guards the grid)."""
+    books = list_notebooks(None, notebook_dir)
+    numbers = [p.name[:2] for p in books]
+    for flag, nb in (("--from", spec.from_nb), ("--to", spec.to_nb)):
+        if nb is not None and nb not in numbers:
+            raise StudyInputError(f"{flag} {nb}: no such notebook; pipeline notebooks are {numbers}")
+    if spec.from_nb and spec.to_nb and spec.from_nb > spec.to_nb:
+        raise StudyInputError(f"--from {spec.from_nb} comes after --to {spec.to_nb}")
+    return [p for p in books if spec.to_nb is None or p.name[:2] <= spec.to_nb]
+
+
+def _default_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _check_type(key: str, value: Any, references: list[Any], where: str) -> Any:
+    """``value`` if it has the type of the notebook default / profile value (ints become floats where
+    the parameter is a float), else a :class:`StudyInputError` naming the key."""
+    known = [r for r in references if r is not None]
+    if value is None:
+        if known and len(known) == len(references):
+            raise StudyInputError(f"{where}: {key}=None, but {key} has no None default (e.g. {known[0]!r})")
+        return value
+    if not known:
+        return value
+    ref = known[0]
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str), list: lambda v: isinstance(v, list),
+          dict: lambda v: isinstance(v, dict)}.get(type(ref))
+    if ok is not None and not ok(value):
+        raise StudyInputError(f"{where}: {key}={value!r} is a {type(value).__name__}, but {key} takes "
+                              f"{'an' if type(ref) is int else 'a'} {type(ref).__name__} (e.g. {ref!r})")
+    if isinstance(ref, float) and not any(isinstance(r, int) and not isinstance(r, bool) for r in known):
+        return float(value)
+    return value
+
+
+def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, list[Any]]:
+    """Validate the grid and ``--set`` keys against the notebooks' parameters cells; returns the grid
+    with values coerced to the parameters' types. Raises :class:`StudyInputError` before anything runs."""
+    every = list_notebooks(None, notebook_dir)
+    declared = {nb.name: declared_parameters(nb) for nb in every}
+    chosen = {nb.name for nb in books}
+    profile = load_profile(spec.profile)
+    profile_flat = {k: v for k, v in profile.items() if k != "datasets"}
+    per_dataset = (profile.get("datasets") or {}).get(spec.dataset or profile.get("DATASET", "synthetic")) or {}
+    profile_flat.update(per_dataset)
+
+    def refs(key: str) -> list[Any]:
+        return [profile_flat.get(key)] + [_default_value(d[key]) for d in declared.values() if key in d]
+
+    out = {}
+    for key, values in spec.grid.items():
+        if key in RESERVED:
+            raise StudyInputError(f"--grid {key}: not a grid key ({RESERVED[key]})")
+        owners = [name for name, d in declared.items() if key in d]
+        if not owners:
+            raise StudyInputError(f"--grid {key}: no notebook declares {key} in its parameters cell; "
+                                  f"see the notebooks' parameters or `params/{spec.profile}.yaml`")
+        if not set(owners) & chosen:
+            raise StudyInputError(f"--grid {key}: a parameter of {owners}, which this sweep does not run "
+                                  f"(--to {spec.to_nb})")
+        early = [o for o in owners if spec.from_nb and o[:2] < spec.from_nb]
+        if early:
+            raise StudyInputError(f"--grid {key}: a parameter of {early}, before --from {spec.from_nb}; the "
+                                  f"sweep would not share those notebooks. Drop --from or start it at {early[0][:2]}")
+        if len(values) != len({_canonical(v) for v in values}):
+            raise StudyInputError(f"--grid {key}: a value is given twice in {values}")
+        out[key] = [_check_type(key, v, refs(key), f"--grid {key}") for v in values]
+        if len({_canonical(v) for v in out[key]}) != len(out[key]):
+            raise StudyInputError(f"--grid {key}: values {values} name the same setting twice")
+    for key, value in spec.sets.items():
+        if key in RESERVED:
+            raise StudyInputError(f"--set {key}: not allowed in a sweep ({RESERVED[key]})")
+        if key in out:
+            raise StudyInputError(f"{key} is both a --grid key and a --set override")
+        if not any(key in d for d in declared.values()) and key not in profile_flat:
+            raise StudyInputError(f"--set {key}: no notebook declares {key} and profile {spec.profile!r} has no such key")
+        spec.sets[key] = _check_type(key, value, refs(key), f"--set {key}")
+    return out
+
+
+def _canonical(value: Any) -> str:
+    return yaml.safe_dump(float(value) if isinstance(value, int) and not isinstance(value, bool) else value)
+
+
+def value_label(value: Any) -> str:
+    """A short, file-name-safe text for one value: ``0.5``, ``true``, ``prototype+baseline``."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    elif value is None:
+        text = "none"
+    elif isinstance(value, (list, tuple)):
+        text = "+".join(value_label(v) for v in value) or "empty"
+    else:
+        text = str(value)
+    text = re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_.") or "x"
+    if len(text) > 32:  # long values (paths to weights) keep their start and a hash of the whole
+        import hashlib
+
+        text = f"{text[:24]}~{hashlib.sha256(str(value).encode()).hexdigest()[:6]}"
+    return text
+
+
+def run_name(point: dict[str, Any], seed: int) -> str:
+    """``{key}_{value}-...-seed{seed}`` with lower-case keys, in the grid's order."""
+    parts = [f"{k.lower()}_{value_label(v)}" for k, v in point.items()]
+    return "-".join(parts + [f"seed{seed}"])
+
+
+def expand(spec: SweepSpec, notebook_dir: Path = NOTEBOOK_DIR) -> list[SweepRun]:
+    """Every grid point times every seed, as :class:`SweepRun` (seed-major order). Raises before anything
+    runs on an unknown key, a wrong type or two points with the same run name."""
+    books = selected_notebooks(spec, notebook_dir)
+    grid = check_grid(spec, books, notebook_dir)
+    every = list_notebooks(None, notebook_dir)
+    keys_ = list(grid)
+    runs, names = [], {}
+    for seed in spec.seeds:
+        for values in itertools.product(*(grid[k] for k in keys_)):
+            point = dict(zip(keys_, values))
+            name = run_name(point, seed)
+            if name in names:
+                raise StudyInputError(f"grid entries {names[name]} and {point} give the same run name {name!r}; "
+                                      f"make the values distinguishable")
+            names[name] = point
+            params = resolve_params(spec.profile, spec.dataset, spec.data_dir,
+                                    {**spec.sets, **point, "SEED": seed}, every)
+            runs.append(SweepRun(name, point, seed, params, stage_keys(params, every)))
+    return runs
+
+
+def default_sweep_dir(spec: SweepSpec) -> Path:
+    """``runs/sweeps/<preset>`` or ``runs/sweeps/<profile>-<dataset>-<grid keys>``."""
+    if spec.name:
+        return Path("runs") / "sweeps" / spec.name
+    dataset = spec.dataset or load_profile(spec.profile).get("DATASET", "synthetic")
+    return Path("runs") / "sweeps" / "-".join([spec.profile, dataset] + [k.lower() for k in spec.grid])
+
+
+# ------------------------------------------------------------------------------------------ sharing
+
+def _done_prefix(stages: dict[str, Any], keys: dict[str, str], books: list[Path]) -> list[str]:
+    """Names of the leading notebooks that are done with exactly these keys."""
+    out = []
+    for nb in books:
+        st = stages.get(nb.name, {})
+        if st.get("status") != "done" or st.get("key") != keys[nb.name]:
+            break
+        out.append(nb.name)
+    return out
+
+
+def find_donor(run: SweepRun, sweep_dir: Path, books: list[Path]) -> tuple[Path | None, list[str]]:
+    """The run folder in ``sweep_dir`` that shares the longest chain of finished notebooks with ``run``
+    (same stage keys), and that chain; ``(None, [])`` when none shares the first notebook."""
+    best: tuple[Path | None, list[str]] = (None, [])
+    for cand in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != run.name) if sweep_dir.is_dir() else []:
+        m = manifest.load(cand)
+        shared = _done_prefix(m.get("stages", {}), run.keys, books)
+        while shared and not _copyable(m, shared):
+            shared = shared[:-1]
+        if len(shared) > len(best[1]):
+            best = (cand, shared)
+    return best
+
+
+def _stage_files(m: dict[str, Any], stages: Sequence[str]) -> list[str]:
+    written = m.get("output_stages", {})
+    return sorted(k for k, by in written.items() if by and by[0] in stages and k not in _NOT_COPIED)
+
+
+def _copyable(m: dict[str, Any], stages: Sequence[str]) -> bool:
+    """The donor's files of these stages were not rewritten by a later stage (their content is theirs)."""
+    written = m.get("output_stages", {})
+    if not written:
+        return False
+    return all(set(written[k]) <= set(stages) for k in _stage_files(m, stages))
+
+
+def adopt_stages(run_dir: Path, donor_dir: Path, stages: Sequence[str]) -> int:
+    """Copy the files that ``stages`` wrote in ``donor_dir`` into the new run folder and mark those
+    stages done there (``reused_from`` names the donor). Returns the number of files copied."""
+    dm = manifest.load(donor_dir)
+    files = _stage_files(dm, stages)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for rel in files:
+        dst = run_dir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(donor_dir / rel, dst)  # a copy, not a link: later stages may append to files
+    stems = {Path(s).stem for s in stages}
+    m = manifest.load(run_dir)
+    m["stages"] = {s: {**dm["stages"][s], "reused_from": donor_dir.name} for s in stages}
+    m["facts"] = {k: v for k, v in dm.get("facts", {}).items() if k in stems}
+    m["inputs"] = {k: v for k, v in dm.get("inputs", {}).items()
+                   if Path(k).is_absolute() or k in set(files)}
+    m["output_stages"] = {k: dm["output_stages"][k] for k in files}
+    manifest.save(run_dir, m)
+    manifest.refresh_outputs(run_dir)
+    return len(files)
+
+
+# ------------------------------------------------------------------------------------------ running
+
+@dataclass
+class RunOutcome:
+    """What happened to one run of the sweep."""
+    run: SweepRun
+    status: str  # done | skipped (complete) | failed | planned
+    seconds: float = 0.0
+    reused: str = ""
+    error: str = ""
+
+
+def plan(runs: list[SweepRun], sweep_dir: Path, books: list[Path]) -> list[tuple[SweepRun, str, list[str]]]:
+    """For each run: ``(run, "complete" | "run", notebooks it would copy)``, assuming the runs before it
+    finish; used by ``--dry-run``."""
+    out = []
+    finished: dict[str, dict[str, str]] = {}
+    for run in runs:
+        m = manifest.load(sweep_dir / run.name)
+        own = _done_prefix(m.get("stages", {}), run.keys, books)
+        if len(own) == len(books):
+            out.append((run, "complete", own))
+        else:
+            donor = find_donor(run, sweep_dir, books)[1]
+            for keys in finished.values():  # earlier runs of this plan
+                chain = []
+                for nb in books:
+                    if keys.get(nb.name) != run.keys[nb.name]:
+                        break
+                    chain.append(nb.name)
+                donor = chain if len(chain) > len(donor) else donor
+            out.append((run, "run", max(own, donor, key=len)))
+        finished[run.name] = run.keys
+    return out
+
+
+def estimate_seconds(planned: list[tuple[SweepRun, str, list[str]]], books: list[Path], reference: Path) -> float:
+    """Seconds the plan would take, from the per-notebook times of a finished reference run. Notebooks
+    04-06 scale with the number of arms (06 also trains on the real images: arms + 1)."""
+    m = manifest.load(reference)
+    ref_arms = len(m.get("params", {}).get("ARMS") or ["baseline", "prototype"])
+    total = 0.0
+    for run, status, shared in planned:
+        if status == "complete":
+            continue
+        arms = len(run.params.get("ARMS") or ["baseline", "prototype"])
+        for nb in books:
+            if nb.name in shared:
+                continue
+            sec = m.get("stages", {}).get(nb.name, {}).get("seconds")
+            if sec is None:
+                raise StudyInputError(f"--estimate-from {reference}: notebook {nb.name} has no recorded time")
+            scale = {"04": arms / ref_arms, "05": arms / ref_arms, "06": (arms + 1) / (ref_arms + 1)}
+            total += sec * scale.get(nb.name[:2], 1.0)
+    return total
+
+
+def _write_runs_csv(sweep_dir: Path, outcomes: list[RunOutcome]) -> Path:
+    path = sweep_dir / "runs.csv"
+    keys_ = list(outcomes[0].run.point) if outcomes else []
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["run", "seed", *keys_, "status", "seconds", "reused", "error"])
+        for o in outcomes:
+            w.writerow([o.run.name, o.run.seed, *[yaml.safe_dump(o.run.point[k]).strip().removesuffix("...").strip()
+                                                  for k in keys_],
+                        o.status, round(o.seconds, 1), o.reused, o.error])
+    return path
+
+
+def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: bool = False,
+              compare: bool = True, progress: bool = True, estimate_from: str | Path | None = None,
+              notebook_dir: Path = NOTEBOOK_DIR, echo=print) -> tuple[Path, list[RunOutcome]]:
+    """Expand, then execute every run of the sweep (see the module docstring). Returns the sweep folder
+    and one :class:`RunOutcome` per run; the caller decides the exit code from the statuses."""
+    books = selected_notebooks(spec, notebook_dir)
+    runs = expand(spec, notebook_dir)
+    checked = set()
+    for r in runs:  # data problems are reported before the first run starts
+        if (r.params["DATASET"], r.params.get("DATA_DIR")) not in checked:
+            preflight(r.params)
+            checked.add((r.params["DATASET"], r.params.get("DATA_DIR")))
+    sweep_dir = Path(sweep_dir or default_sweep_dir(spec)).expanduser().resolve()
+    planned = plan(runs, sweep_dir, books)
+    if dry_run:
+        for run, status, shared in planned:
+            what = "complete, skipped" if status == "complete" else (
+                f"copies {shared[0][:2]}-{shared[-1][:2]}, runs the rest" if shared else "runs every notebook")
+            echo(f"{run.name}: {what}")
+        runs_per_nb = {nb.name: sum(1 for _, st, sh in planned if st == "run" and nb.name not in sh) for nb in books}
+        echo("notebook executions: " + ", ".join(f"{k[:2]} x{v}" for k, v in runs_per_nb.items()))
+        if estimate_from:
+            sec = estimate_seconds(planned, books, Path(estimate_from))
+            echo(f"estimated time from {estimate_from}: {sec / 60:.0f} min")
+        return sweep_dir, [RunOutcome(r, "planned", reused=",".join(s)) for r, _, s in planned]
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump({
+        "profile": spec.profile, "dataset": runs[0].params["DATASET"], "data_dir": spec.data_dir,
+        "grid": spec.grid, "seeds": spec.seeds, "set": spec.sets, "from": spec.from_nb, "to": spec.to_nb,
+        "notebooks": [b.name for b in books], "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }, sort_keys=False))
+    outcomes = []
+    for i, run in enumerate(runs, start=1):
+        run_dir = sweep_dir / run.name
+        t0 = time.time()
+        m = manifest.load(run_dir)
+        own = _done_prefix(m.get("stages", {}), run.keys, books)
+        if len(own) == len(books):
+            outcomes.append(RunOutcome(run, "skipped (complete)"))
+            echo(f"[{i}/{len(runs)}] {run.name}: complete, skipped")
+            continue
+        reused = ""
+        try:
+            donor, shared = find_donor(run, sweep_dir, books)
+            if donor is not None and len(shared) > len(own):
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)  # an unfinished run of this sweep: the donor has more
+                adopt_stages(run_dir, donor, shared)
+                reused = f"{shared[0][:2]}-{shared[-1][:2]} from {donor.name}"
+            elif own:
+                reused = f"{own[0][:2]}-{own[-1][:2]} (own, resumed)"
+            echo(f"[{i}/{len(runs)}] {run.name}: " + (f"reuses {reused}" if reused else "runs every notebook"))
+            m = manifest.load(run_dir)
+            m["sweep"] = {"folder": str(sweep_dir), "point": run.point, "seed": run.seed}
+            run_dir.mkdir(parents=True, exist_ok=True)
+            manifest.save(run_dir, m)
+            run_pipeline(spec.profile, dataset=spec.dataset, data_dir=spec.data_dir, run_dir=run_dir,
+                         only=[b.name[:2] for b in books], sets={**spec.sets, **run.point, "SEED": run.seed},
+                         resume=True, force=True, progress=progress, notebook_dir=notebook_dir)
+            outcomes.append(RunOutcome(run, "done", time.time() - t0, reused))
+        except (StudyInputError, StudyRunError) as exc:
+            outcomes.append(RunOutcome(run, "failed", time.time() - t0, reused, str(exc).splitlines()[0]))
+            echo(f"[{i}/{len(runs)}] {run.name}: FAILED: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a sweep goes on past any failed run and reports it
+            outcomes.append(RunOutcome(run, "failed", time.time() - t0, reused, f"{type(exc).__name__}: {exc}"))
+            echo(f"[{i}/{len(runs)}] {run.name}: FAILED: {type(exc).__name__}: {exc}")
+        _write_runs_csv(sweep_dir, outcomes)
+    _write_runs_csv(sweep_dir, outcomes)
+    if compare:
+        try:
+            render_comparison(sweep_dir, notebook_dir=notebook_dir, progress=progress)
+        except StudyRunError as exc:
+            outcomes.append(RunOutcome(SweepRun(COMPARE_NOTEBOOK, {}, -1, {}, {}), "failed", error=str(exc)))
+    return sweep_dir, outcomes
+
+
+def render_comparison(sweep_dir: str | Path, notebook_dir: Path = NOTEBOOK_DIR, progress: bool = True) -> Path:
+    """Execute ``08_compare_runs.ipynb`` on the sweep folder into ``<sweep dir>/08_compare_runs.ipynb``."""
+    import papermill
+
+    from .pipeline import KERNEL, _failed_cell
+
+    sweep_dir = Path(sweep_dir).resolve()
+    src = notebook_dir / COMPARE_NOTEBOOK
+    out = sweep_dir / COMPARE_NOTEBOOK
+    try:
+        papermill.execute_notebook(str(src), str(out), parameters={"SWEEP_DIR": str(sweep_dir)}, kernel_name=KERNEL,
+                                   cwd=str(src.parent), progress_bar=progress, log_output=False)
+    except papermill.PapermillExecutionError as exc:
+        raise StudyRunError(f"{COMPARE_NOTEBOOK} failed in {_failed_cell(out)} with {exc.ename}: {exc.evalue}\n"
+                            f"executed copy with the traceback: {out}") from None
+    return out
+
+
+def report(outcomes: list[RunOutcome]) -> str:
+    """The end-of-sweep summary: counts, then one line per failed run."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    lines = ["sweep: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    lines += [f"  FAILED {o.run.name}: {o.error}" for o in outcomes if o.status == "failed"]
+    return "\n".join(lines)
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval over seeds (``nan`` bounds for a single seed)."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(x) == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return (mean, math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return (mean, mean - half, mean + half)
