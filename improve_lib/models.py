@@ -17,7 +17,8 @@ The network is diffusers' ``UNet2DConditionModel`` with plain ResNet blocks (``D
 ``num_class_embeds=C+1``, ``time_embedding_dim=COND_DIM`` and ``class_embeddings_concat=True``: the
 class vector is **concatenated** with the time embedding after the time MLP, which is how the paper's
 fig. 2 ("concatenated with the time embedding") is expressed in diffusers; every ResNet block then
-projects the ``2 * COND_DIM`` vector to its channels. ``UNet2DModel`` cannot do this (it only adds the
+projects the ``2 * COND_DIM`` vector to its channels. ``CLASS_EMBEDDING_COMBINE="add"`` (an ablation)
+adds it to the time embedding instead (``class_embeddings_concat=False``; same table width). ``UNet2DModel`` cannot do this (it only adds the
 class embedding). The model is called with ``encoder_hidden_states=None``.
 
 A prototype of dimension ``D`` (768 for CLIP ViT-L/14, 1280 for EfficientNet-Lite0) is mapped to the
@@ -48,9 +49,11 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "COND_DIM": None,  # None: the prototype dimension D (CLASS_EMBEDDING_MAP="none")
     "NORM_GROUPS": 32,
     "ATTENTION": False,  # self-attention at feature maps <= 16 px; off by default for CPU speed
+    "CLASS_EMBEDDING_COMBINE": "concat",  # "concat" (the paper's fig. 2) | "add" (ablation)
 }
 MODEL_KEYS = tuple(MODEL_DEFAULTS)
 CLASS_EMBEDDING_MAPS = ("none", "pca")
+CLASS_EMBEDDING_COMBINES = ("concat", "add")
 ATTENTION_MAX_SIZE = 16  # DDPM puts self-attention at the 16x16 feature maps
 
 
@@ -77,6 +80,9 @@ def model_config(cfg: Mapping[str, Any], cond_dim: int | None = None) -> dict[st
     if not 0.0 <= out["DROPOUT"] < 1.0:
         raise StudyInputError(f"DROPOUT must be in [0, 1), got {out['DROPOUT']}")
     out["ATTENTION"] = bool(out["ATTENTION"])
+    if out["CLASS_EMBEDDING_COMBINE"] not in CLASS_EMBEDDING_COMBINES:
+        raise StudyInputError(f"CLASS_EMBEDDING_COMBINE must be one of {list(CLASS_EMBEDDING_COMBINES)}, "
+                              f"got {out['CLASS_EMBEDDING_COMBINE']!r}")
     channels = [out["BASE_CHANNELS"] * m for m in out["CHANNEL_MULT"]]
     bad = [c for c in channels if c % out["NORM_GROUPS"]]
     if bad:
@@ -133,7 +139,8 @@ def build_unet(cfg: Mapping[str, Any], num_classes: int, class_table: torch.Tens
             mid_block_type="UNetMidBlock2D",
             block_out_channels=tuple(channels), layers_per_block=mc["LAYERS_PER_BLOCK"],
             dropout=mc["DROPOUT"], norm_num_groups=mc["NORM_GROUPS"], attention_head_dim=head_dim,
-            class_embed_type=None, num_class_embeds=num_classes + 1, class_embeddings_concat=True,
+            class_embed_type=None, num_class_embeds=num_classes + 1,
+            class_embeddings_concat=mc["CLASS_EMBEDDING_COMBINE"] == "concat",
             time_embedding_dim=mc["COND_DIM"],
         )
     if class_table is not None:

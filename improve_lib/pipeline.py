@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = Path(os.environ.get("IMPROVE_NOTEBOOKS", REPO / "notebooks"))
 PARAMS_DIR = Path(os.environ.get("IMPROVE_PARAMS", REPO / "params"))
 KERNEL = "python3"
+# Notebooks that read a sweep folder, not a run folder: not part of a run's pipeline.
+SWEEP_NOTEBOOKS = ("08_compare_runs.ipynb",)
 PATH_KEYS = ("DATA_DIR", "CACHE_DIR", "CLASSIFIER_WEIGHTS")
 # Where a run lives or caches does not change what it computes: left out of the stage keys.
 KEY_EXCLUDE = ("RUN_DIR", "CACHE_DIR")
@@ -36,7 +38,7 @@ class StudyRunError(RuntimeError):
 
 def list_notebooks(only: Iterable[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     """The pipeline's notebooks in order (``NN_name.ipynb``), optionally only the given numbers."""
-    books = sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    books = sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb") if p.name not in SWEEP_NOTEBOOKS)
     if only:
         wanted = {str(o).zfill(2) for o in only}
         unknown = wanted - {p.name[:2] for p in books}

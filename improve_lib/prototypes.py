@@ -325,13 +325,18 @@ def _feature_space_note(params: dict, d: int) -> str:
     return f"{space}, dim {d}"
 
 
+CLASS_EMBEDDINGS = ("prototypes", "class_means")
+CLASS_MEANS_RULE = "per class, the mean of f(x) over training images (ablation: the CPL prototypes are not used)"
+
+
 def save_prototypes(out_dir, result: PrototypeResult, class_names: Sequence[str], encoder_id: str,
-                    class_means=None) -> dict[str, Path]:
+                    class_means=None, class_embedding: str = "prototypes") -> dict[str, Path]:
     """Write ``prototypes.safetensors`` ("prototypes" [C, K, D]), ``class_embeddings.safetensors``
     ("class_embeddings" [C, D], rule: ``class_embedding_from_prototypes``) and, for a linear
     projection, ``projection.safetensors`` ("weight" [D', D]) atomically into ``out_dir``; metadata
     carries class_names (JSON), encoder_id, k, gamma, lambda, projection, normalize, feature_space.
-    ``class_means`` [C, D'] defaults to ``result.class_means``. Returns the paths written."""
+    ``class_means`` [C, D'] defaults to ``result.class_means``. ``class_embedding="class_means"`` (an
+    ablation) makes the class means themselves the class embeddings. Returns the paths written."""
     from safetensors.torch import save_file
 
     class_names = list(class_names)
@@ -339,8 +344,12 @@ def save_prototypes(out_dir, result: PrototypeResult, class_names: Sequence[str]
         raise StudyInputError(
             f"class_names {class_names} differ from the classes the prototypes were trained on "
             f"{list(result.class_names)}")
+    if class_embedding not in CLASS_EMBEDDINGS:
+        raise StudyInputError(f"CLASS_EMBEDDING must be one of {list(CLASS_EMBEDDINGS)}, got {class_embedding!r}")
     means = result.class_means if class_means is None else class_means
     table = class_embedding_from_prototypes(result.prototypes, means)
+    if class_embedding == "class_means":
+        table = torch.as_tensor(np.asarray(means, dtype=np.float32))
     p = result.params
     meta = {
         "format_version": FORMAT_VERSION,
@@ -349,7 +358,7 @@ def save_prototypes(out_dir, result: PrototypeResult, class_names: Sequence[str]
         "k": str(p.get("k")), "gamma": str(p.get("gamma")), "lambda": str(p.get("lam")),
         "projection": str(p.get("projection")), "normalize": str(p.get("normalize", True)),
         "feature_space": _feature_space_note(p, result.prototypes.shape[-1]),
-        "class_embedding_rule": CLASS_EMBEDDING_RULE,
+        "class_embedding_rule": CLASS_EMBEDDING_RULE if class_embedding == "prototypes" else CLASS_MEANS_RULE,
     }
     out_dir = Path(out_dir)
     files = {"prototypes": (out_dir / "prototypes.safetensors", {"prototypes": result.prototypes}),

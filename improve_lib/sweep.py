@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import csv
 import itertools
-import math
 import os
 import re
 import shutil
@@ -221,11 +220,15 @@ def _check_type(key: str, value: Any, references: list[Any], where: str) -> Any:
           str: lambda v: isinstance(v, str), list: lambda v: isinstance(v, list),
           dict: lambda v: isinstance(v, dict)}.get(type(ref))
     if ok is not None and not ok(value):
-        raise StudyInputError(f"{where}: {key}={value!r} is a {type(value).__name__}, but {key} takes "
-                              f"{'an' if type(ref) is int else 'a'} {type(ref).__name__} (e.g. {ref!r})")
+        raise StudyInputError(f"{where}: {key}={value!r} is {_a(type(value).__name__)}, but {key} takes "
+                              f"{_a(type(ref).__name__)} (e.g. {ref!r})")
     if isinstance(ref, float) and not any(isinstance(r, int) and not isinstance(r, bool) for r in known):
         return float(value)
     return value
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, list[Any]]:
@@ -307,7 +310,7 @@ def expand(spec: SweepSpec, notebook_dir: Path = NOTEBOOK_DIR) -> list[SweepRun]
     """Every grid point times every seed, as :class:`SweepRun` (seed-major order). Raises before anything
     runs on an unknown key, a wrong type or two points with the same run name."""
     books = selected_notebooks(spec, notebook_dir)
-    grid = check_grid(spec, books, notebook_dir)
+    grid = spec.grid = check_grid(spec, books, notebook_dir)
     every = list_notebooks(None, notebook_dir)
     keys_ = list(grid)
     runs, names = [], {}
@@ -433,21 +436,27 @@ def plan(runs: list[SweepRun], sweep_dir: Path, books: list[Path]) -> list[tuple
 
 def estimate_seconds(planned: list[tuple[SweepRun, str, list[str]]], books: list[Path], reference: Path) -> float:
     """Seconds the plan would take, from the per-notebook times of a finished reference run. Notebooks
-    04-06 scale with the number of arms (06 also trains on the real images: arms + 1)."""
+    04-05 scale with the number of arms, 06 with (arms + 1) x EVAL_SEEDS (it also trains on the real
+    images); other parameters are assumed equal to the reference run's."""
     m = manifest.load(reference)
+    if not m.get("stages"):
+        raise StudyInputError(f"--estimate-from {reference}: not a run folder with a manifest")
     ref_arms = len(m.get("params", {}).get("ARMS") or ["baseline", "prototype"])
+    ref_evals = len(m.get("params", {}).get("EVAL_SEEDS") or [0, 1, 2])
     total = 0.0
     for run, status, shared in planned:
         if status == "complete":
             continue
         arms = len(run.params.get("ARMS") or ["baseline", "prototype"])
+        evals = len(run.params.get("EVAL_SEEDS") or [0, 1, 2])
         for nb in books:
             if nb.name in shared:
                 continue
             sec = m.get("stages", {}).get(nb.name, {}).get("seconds")
             if sec is None:
                 raise StudyInputError(f"--estimate-from {reference}: notebook {nb.name} has no recorded time")
-            scale = {"04": arms / ref_arms, "05": arms / ref_arms, "06": (arms + 1) / (ref_arms + 1)}
+            scale = {"04": arms / ref_arms, "05": arms / ref_arms,
+                     "06": (arms + 1) * evals / ((ref_arms + 1) * ref_evals)}
             total += sec * scale.get(nb.name[:2], 1.0)
     return total
 
@@ -568,18 +577,3 @@ def report(outcomes: list[RunOutcome]) -> str:
     lines = ["sweep: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
     lines += [f"  FAILED {o.run.name}: {o.error}" for o in outcomes if o.status == "failed"]
     return "\n".join(lines)
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval over seeds (``nan`` bounds for a single seed)."""
-    import numpy as np
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if len(x) == 0:
-        return (math.nan, math.nan, math.nan)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return (mean, math.nan, math.nan)
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return (mean, mean - half, mean + half)

@@ -199,3 +199,16 @@ def test_sampler_rejects_bad_labels_and_seed_counts(proto_model):
 def test_sample_grid_one_row_per_class(proto_model):
     grid = sample_grid(proto_model, C, scheduler_config=SCHED, per_class=2, steps=2, guidance_scale=1.0)
     assert grid.shape == (3, 2 + C * 18, 2 + 2 * 18)  # make_grid padding 2
+
+
+def test_added_class_embedding_variant(table):
+    """CLASS_EMBEDDING_COMBINE="add": the class vector is added to the time embedding (same table width,
+    ResNet time projections see COND_DIM, not 2 * COND_DIM); an unknown mode names the parameter."""
+    model = build_unet({**TINY, "CLASS_EMBEDDING_COMBINE": "add"}, C, table, freeze=True).eval()
+    assert model.down_blocks[0].resnets[0].time_emb_proj.in_features == COND
+    x = torch.randn(2, 3, 16, 16)
+    out = [model(x, torch.tensor([5, 5]), encoder_hidden_states=None, class_labels=torch.tensor([c, c])).sample
+           for c in (0, 1)]
+    assert not torch.allclose(out[0], out[1])  # the class still changes the prediction
+    with pytest.raises(StudyInputError, match="CLASS_EMBEDDING_COMBINE"):
+        model_config({**TINY, "CLASS_EMBEDDING_COMBINE": "multiply"})

@@ -211,3 +211,16 @@ def test_cpl_on_real_bone_marrow_beats_chance(tmp_path):
           f"{m['cpl']['test_accuracy']:.3f}, class means {m['class_means']['test_accuracy']:.3f}, "
           f"chance {m['chance_accuracy']:.3f}")
     assert m["cpl"]["test_accuracy"] > 0.40
+
+
+def test_class_means_as_class_embeddings(tmp_path):
+    """CLASS_EMBEDDING="class_means": the table notebook 04 freezes is the class means, labelled so."""
+    x, y = _gaussians(6)
+    names = ["blast", "eosinophil", "lymphocyte"]
+    res = train_prototypes(x, y, names, k=1, epochs=2, progress=False)
+    save_prototypes(tmp_path, res, names, "efficientnet-lite0", class_embedding="class_means")
+    table, _, meta = load_class_embeddings(tmp_path / "class_embeddings.safetensors")
+    assert torch.allclose(table, res.class_means) and not torch.allclose(table, res.prototypes[:, 0])
+    assert "mean of f(x)" in meta["class_embedding_rule"]
+    with pytest.raises(StudyInputError, match="CLASS_EMBEDDING must be one of"):
+        save_prototypes(tmp_path, res, names, "efficientnet-lite0", class_embedding="medoids")

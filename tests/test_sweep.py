@@ -1,0 +1,254 @@
+"""Sweeps: grid expansion and naming, bad input, stage keys, upstream reuse, skip and failure."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from improve_lib import manifest, pipeline, sweep
+from improve_lib.cli import main
+from improve_lib.errors import StudyInputError
+
+
+def _spec(**kw):
+    base = dict(profile="smoke", grid={"GUIDANCE_SCALE": [0, 2]}, seeds=[0])
+    base.update(kw)
+    return sweep.SweepSpec(**base)
+
+
+# ------------------------------------------------------------------------------- parsing, expansion
+
+def test_parse_grid_reads_yaml_values():
+    grid = sweep.parse_grid(["K=1,3", "GAMMA=0.5,1e-3", "ARMS=[prototype],[baseline,prototype]",
+                             "ENCODER=efficientnet-lite0,open_clip:ViT-B-32:/w/x.safetensors", "FLIP=true,false"])
+    assert grid["K"] == [1, 3]
+    assert grid["GAMMA"] == [0.5, 0.001]
+    assert grid["ARMS"] == [["prototype"], ["baseline", "prototype"]]
+    assert grid["ENCODER"] == ["efficientnet-lite0", "open_clip:ViT-B-32:/w/x.safetensors"]
+    assert grid["FLIP"] == [True, False]
+    for bad, msg in (["K"], "KEY=v1"), (["k=1"], "UPPER_CASE"), (["K=1", "K=2"], "twice"), (["K="], "no values"):
+        with pytest.raises(StudyInputError, match=msg):
+            sweep.parse_grid(bad)
+    assert sweep.parse_seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(StudyInputError, match="seeds"):
+        sweep.parse_seeds("0,0")
+    with pytest.raises(StudyInputError, match="integers"):
+        sweep.parse_seeds("a")
+
+
+def test_expand_names_runs_from_settings_in_seed_major_order():
+    runs = sweep.expand(_spec(grid={"K": [1, 3], "GUIDANCE_SCALE": [0, 2.5]}, seeds=[0, 1]))
+    assert [r.name for r in runs[:4]] == ["k_1-guidance_scale_0-seed0", "k_1-guidance_scale_2.5-seed0",
+                                          "k_3-guidance_scale_0-seed0", "k_3-guidance_scale_2.5-seed0"]
+    assert len(runs) == 8 and {r.seed for r in runs[4:]} == {1}
+    r = runs[3]
+    assert r.params["K"] == 3 and r.params["GUIDANCE_SCALE"] == 2.5 and r.params["SEED"] == 0
+    assert isinstance(runs[0].params["GUIDANCE_SCALE"], float)  # 0 is coerced to the parameter's type
+    assert r.params["PROFILE"] == "smoke" and set(r.keys) == {p.name for p in pipeline.list_notebooks()}
+
+
+def test_value_labels_are_file_name_safe():
+    assert sweep.value_label(True) == "true" and sweep.value_label(0.5) == "0.5" and sweep.value_label(2.0) == "2"
+    assert sweep.value_label(["prototype", "baseline"]) == "prototype+baseline"
+    long = sweep.value_label("open_clip:ViT-L-14:/very/long/path/to/weights/open_clip_model.safetensors")
+    assert len(long) <= 32 and "/" not in long and "~" in long
+
+
+@pytest.mark.parametrize("grid,kw,msg", [
+    ({"NOT_A_PARAM": [1, 2]}, {}, "no notebook declares NOT_A_PARAM"),
+    ({"K": [1, 1.5]}, {}, r"K=1.5 is a float, but K takes an int"),
+    ({"FREEZE_PROTOTYPES": [True, 1]}, {}, "takes a bool"),
+    ({"ENCODER": ["efficientnet-lite0", 3]}, {}, "takes a str"),
+    ({"GAMMA": [1, 1.0]}, {}, "given twice"),
+    ({"ENCODER": ["a/b", "a_b"]}, {}, "same run name 'encoder_a_b-seed0'"),
+    ({"SEED": [0, 1]}, {}, "--seeds"),
+    ({"K": [1, 3]}, {"from_nb": "04"}, "before --from 04"),
+    ({"GUIDANCE_SCALE": [0, 1]}, {"to_nb": "03"}, "does not run"),
+    ({"K": [1, 3]}, {"sets": {"K": 2}}, "both a --grid key and a --set"),
+    ({"K": [1, 3]}, {"sets": {"PROTO_EPOCHS": "many"}}, "PROTO_EPOCHS='many' is a str"),
+])
+def test_bad_grids_fail_before_anything_runs(grid, kw, msg, tmp_path):
+    with pytest.raises(StudyInputError, match=msg):
+        sweep.run_sweep(_spec(grid=grid, **kw), tmp_path / "sw", progress=False)
+    assert not (tmp_path / "sw").exists()
+
+
+def test_cli_sweep_errors_and_dry_run(tmp_path, capsys):
+    assert main(["sweep", "--profile", "smoke", "--grid", "NOPE=1,2", "--sweep-dir", str(tmp_path / "s")]) == 2
+    assert "no notebook declares NOPE" in capsys.readouterr().err
+    assert main(["sweep", "--profile", "smoke", "--grid", "GUIDANCE_SCALE=0,2", "--seeds", "0,1", "--dry-run",
+                 "--sweep-dir", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "guidance_scale_0-seed0: runs every notebook" in out
+    assert "guidance_scale_2-seed0: copies 01-04, runs the rest" in out
+    assert "guidance_scale_2-seed1: copies 01-04" in out and "guidance_scale_0-seed1: runs every notebook" in out
+    assert "05 x4" in out and "01 x2" in out
+    assert not (tmp_path / "s").exists()
+
+
+def test_presets_are_valid_sweeps():
+    presets = sorted(sweep.ABLATIONS_DIR.glob("*.yaml"))
+    assert len(presets) >= 6
+    for path in presets:
+        data = sweep.load_preset(path.stem) if "${" not in path.read_text() else None
+        if data is None:  # the open_clip preset needs a weights file named by an environment variable
+            with pytest.raises(StudyInputError, match="environment variable"):
+                sweep.load_preset(path.stem)
+            continue
+        assert data.get("description") and data.get("time"), f"{path.name}: say what it tests and how long it takes"
+        runs = sweep.expand(sweep.spec_from(data))
+        assert len({r.seed for r in runs}) >= 3, path.name
+
+
+# ------------------------------------------------------------------------------------------ stage keys
+
+def test_stage_keys_change_from_the_first_notebook_a_parameter_reaches():
+    books = pipeline.list_notebooks()
+    base = pipeline.resolve_params("smoke")
+    keys = pipeline.stage_keys(base, books)
+
+    def changed(**kw):
+        other = pipeline.stage_keys({**base, **kw}, books)
+        return [b.name[:2] for b in books if other[b.name] != keys[b.name]]
+
+    assert changed() == []
+    assert changed(GUIDANCE_SCALE=4.0) == ["05", "06", "07"]
+    assert changed(K=3) == ["03", "04", "05", "06", "07"]
+    assert changed(SEED=1) == ["01", "02", "03", "04", "05", "06", "07"]
+    assert changed(DATASET="ham10000") == ["01", "02", "03", "04", "05", "06", "07"]
+    assert changed(DATA_DIR="/elsewhere") == ["01", "02", "03", "04", "05", "06", "07"]
+    assert changed(CACHE_DIR="/another/cache", RUN_DIR="/another/run") == []
+
+
+# ------------------------------------------------------------------------- execution on tiny notebooks
+
+def _notebook(path: Path, params: str, code: str) -> None:
+    cells = [nbformat.v4.new_code_cell(params), nbformat.v4.new_code_cell(code)]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture()
+def tiny_notebooks(tmp_path):
+    """Two notebooks: 01 writes a.txt from SEED and K, 02 writes b.txt from a.txt and GAMMA and fails
+    when GAMMA is 3. Both log their execution to <sweep>/exec.log."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    log = "from pathlib import Path\nrun = Path(RUN_DIR)\n"
+    _notebook(nbdir / "01_first.ipynb", 'SEED = 0  # seed\nK = 1  # k\nRUN_DIR = "x"  # run folder',
+              log + "(run / 'a.txt').write_text(f'{SEED}-{K}')\n"
+                    "with open(run.parent / 'exec.log', 'a') as fh:\n    fh.write(f'01 {run.name}\\n')")
+    _notebook(nbdir / "02_second.ipynb", 'SEED = 0  # seed\nGAMMA = 1.0  # gamma\nRUN_DIR = "x"  # run folder',
+              log + "with open(run.parent / 'exec.log', 'a') as fh:\n    fh.write(f'02 {run.name}\\n')\n"
+                    "if GAMMA == 3:\n    raise ValueError('gamma three is not allowed')\n"
+                    "(run / 'b.txt').write_text((run / 'a.txt').read_text() + f'|{GAMMA}')")
+    return nbdir
+
+
+def _log(sweep_dir: Path) -> list[str]:
+    return (sweep_dir / "exec.log").read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_sweep_shares_upstream_skips_complete_and_continues_past_failure(tiny_notebooks, tmp_path):
+    spec = _spec(grid={"GAMMA": [1, 2, 3]}, seeds=[0, 1])
+    sw = tmp_path / "sw"
+    _, outcomes = sweep.run_sweep(spec, sw, compare=False, progress=False, notebook_dir=tiny_notebooks)
+    status = {o.run.name: o.status for o in outcomes}
+    assert status == {f"gamma_{g}-seed{s}": ("failed" if g == 3 else "done") for s in (0, 1) for g in (1, 2, 3)}
+    failed = next(o for o in outcomes if o.status == "failed")
+    assert "02_second.ipynb failed" in failed.error and "gamma three" in failed.error
+    log = _log(sw)
+    # 01 ran once per seed (never shared across seeds); 02 once per run
+    assert sorted(line for line in log if line.startswith("01")) == ["01 gamma_1-seed0", "01 gamma_1-seed1"]
+    assert len([line for line in log if line.startswith("02")]) == 6
+    assert (sw / "gamma_2-seed1" / "b.txt").read_text() == "1-1|2.0"
+    assert (sw / "gamma_2-seed0" / "b.txt").read_text() == "0-1|2.0"
+    m = manifest.load(sw / "gamma_2-seed1")
+    assert m["stages"]["01_first.ipynb"]["reused_from"] == "gamma_1-seed1"
+    assert "reused_from" not in m["stages"]["02_second.ipynb"]
+    assert m["sweep"] == {"folder": str(sw.resolve()), "point": {"GAMMA": 2.0}, "seed": 1}
+    assert "notebooks/01_first.ipynb" in m["outputs"] and "a.txt" in m["outputs"]
+    assert "FAILED gamma_3-seed0" in sweep.report(outcomes)
+    rows = (sw / "runs.csv").read_text().splitlines()
+    assert rows[0].startswith("run,seed,GAMMA,status") and len(rows) == 7
+
+    # a second invocation skips the complete runs and retries only the failed ones (01 is reused)
+    (sw / "exec.log").unlink()
+    _, again = sweep.run_sweep(spec, sw, compare=False, progress=False, notebook_dir=tiny_notebooks)
+    assert sum(o.status == "skipped (complete)" for o in again) == 4
+    assert sorted(_log(sw)) == ["02 gamma_3-seed0", "02 gamma_3-seed1"]
+
+    # a new grid value reuses 01 of the matching seed only
+    (sw / "exec.log").unlink()
+    _, more = sweep.run_sweep(_spec(grid={"GAMMA": [5]}, seeds=[1]), sw, compare=False, progress=False,
+                              notebook_dir=tiny_notebooks)
+    assert _log(sw) == ["02 gamma_5-seed1"]
+    assert (sw / "gamma_5-seed1" / "b.txt").read_text() == "1-1|5.0"
+    # ... and a change of an upstream parameter reuses nothing
+    (sw / "exec.log").unlink()
+    sweep.run_sweep(_spec(grid={"K": [7]}, seeds=[1]), sw, compare=False, progress=False, notebook_dir=tiny_notebooks)
+    assert _log(sw) == ["01 k_7-seed1", "02 k_7-seed1"]
+
+
+def test_donor_whose_files_a_later_stage_rewrote_is_not_reused(tmp_path):
+    books = [Path("01_first.ipynb"), Path("02_second.ipynb")]
+    keys = {"01_first.ipynb": "k1", "02_second.ipynb": "k2"}
+    run = sweep.SweepRun("new-seed0", {}, 0, {}, keys)
+    donor = tmp_path / "old-seed0"
+    donor.mkdir()
+    (donor / "a.txt").write_text("rewritten by 02")
+    stages = {b.name: {"status": "done", "key": keys[b.name]} for b in books}
+    manifest.save(donor, {"stages": stages, "outputs": {"a.txt": "h"},
+                          "output_stages": {"a.txt": ["01_first.ipynb", "02_second.ipynb"]}})
+    assert sweep.find_donor(run, tmp_path, books) == (donor, ["01_first.ipynb", "02_second.ipynb"])
+    other = sweep.SweepRun("new-seed0", {}, 0, {}, {**keys, "02_second.ipynb": "other"})
+    assert sweep.find_donor(other, tmp_path, books) == (None, [])  # 01's a.txt is 02's now
+    manifest.save(donor, {"stages": stages, "outputs": {"a.txt": "h"}, "output_stages": {"a.txt": ["01_first.ipynb"]}})
+    assert sweep.find_donor(other, tmp_path, books) == (donor, ["01_first.ipynb"])
+    n = sweep.adopt_stages(tmp_path / "new-seed0", donor, ["01_first.ipynb"])
+    assert n == 1 and (tmp_path / "new-seed0" / "a.txt").read_text() == "rewritten by 02"
+    assert manifest.load(tmp_path / "new-seed0")["stages"]["01_first.ipynb"]["reused_from"] == "old-seed0"
+
+
+@pytest.mark.slow
+def test_resume_with_force_reruns_from_the_first_changed_notebook(tiny_notebooks, tmp_path):
+    run = tmp_path / "run"
+    pipeline.run_pipeline("smoke", run_dir=run, sets={"GAMMA": 1.0}, progress=False, notebook_dir=tiny_notebooks)
+    with pytest.raises(StudyInputError, match="changed parameter.*GAMMA"):
+        pipeline.run_pipeline("smoke", run_dir=run, sets={"GAMMA": 2.0}, resume=True, progress=False,
+                              notebook_dir=tiny_notebooks)
+    (tmp_path / "exec.log").unlink()
+    pipeline.run_pipeline("smoke", run_dir=run, sets={"GAMMA": 2.0}, resume=True, force=True, progress=False,
+                          notebook_dir=tiny_notebooks)
+    assert _log(tmp_path) == ["02 run"] and (run / "b.txt").read_text() == "0-1|2.0"
+    assert json.loads((run / "manifest.json").read_text())["complete"] is True
+
+
+# ---------------------------------------------------------------------- the real notebooks, smoke scale
+
+@pytest.mark.slow
+def test_smoke_sweep_2x2_and_comparison_notebook(tmp_path):
+    """A 2x2 sweep of the sampling notebook's parameters on the smoke profile: 01-04 run once and are
+    shared by the four runs; 08 renders the comparison table."""
+    spec = _spec(grid={"GUIDANCE_SCALE": [0, 2], "ETA": [0, 1]}, seeds=[0], from_nb="05")
+    sw, outcomes = sweep.run_sweep(spec, tmp_path / "sw", progress=False)
+    assert [o.status for o in outcomes] == ["done"] * 4, sweep.report(outcomes)
+    reused = [manifest.load(sw / o.run.name)["stages"]["04_train_diffusion.ipynb"].get("reused_from") for o in outcomes]
+    assert reused == [None] + ["guidance_scale_0-eta_0-seed0"] * 3
+    for o in outcomes:
+        info = json.loads((sw / o.run.name / "samples" / "prototype" / "sampling.json").read_text())
+        assert info["guidance_scale"] == o.run.point["GUIDANCE_SCALE"] and info["eta"] == o.run.point["ETA"]
+        assert manifest.load(sw / o.run.name)["complete"] is True
+    nb = nbformat.read(sw / "08_compare_runs.ipynb", as_version=4)
+    text = "\n".join(str(out.get("data", {}).get("text/markdown", "")) for c in nb.cells for out in c.get("outputs", []))
+    assert "TSTR macro F1 % (prototype)" in text and "GUIDANCE_SCALE=2, ETA=1" in text
+    summary = (sw / "comparison" / "summary.csv").read_text()
+    assert "nearest-prototype test accuracy %" in summary and (sw / "comparison" / "comparison.png").is_file()
+    shutil.rmtree(sw / "guidance_scale_2-eta_1-seed0")  # a comparison of what is left still renders
+    sweep.render_comparison(sw, progress=False)
