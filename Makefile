@@ -5,15 +5,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROFILE ?= demo
+KERNEL_NAME := improve-study
+LAB_PORT ?= 8888
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED = 1
 
-.PHONY: study test smoke venv lab strip clean-runs
+.PHONY: study test smoke venv lab sweep workshop wheelhouse strip clean-runs
 
-$(STAMP): pyproject.toml
+# PIP_ARGS: e.g. "--no-index --find-links wheelhouse" on a classroom machine without network.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (improve-study)" >/dev/null
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python 3 ($(KERNEL_NAME))" >/dev/null
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,8 +30,29 @@ test: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m improve_lib run --profile smoke --run-dir runs/smoke --force $(ARGS)
 
+# JupyterLab on the project's kernel ("improve-study"), opened on the first notebook with the
+# notebooks folder in the file browser. LAB_ARGS: e.g. "--no-browser" on a remote machine. As root
+# (a container) it adds --allow-root, which Jupyter otherwise requires.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR)/notebooks --port $(LAB_PORT) $(LAB_ARGS) \
+		$(if $(filter 0,$(shell id -u)),--allow-root) \
+		$(CURDIR)/notebooks/01_explore_data.ipynb
+
+# A preset of params/ablations (PRESET=guidance), or your own grid through ARGS.
+sweep: $(STAMP)
+	$(PY) -m improve_lib sweep $(if $(PRESET),--preset $(PRESET)) $(ARGS)
+
+# Prepare a classroom machine ahead of time (network needed once, here): environment and kernel,
+# an offline check of the whole pipeline (smoke profile) and the demo's data, embeddings and
+# prototypes (01-03) with the embedding cache filled. See docs/workshop.md.
+workshop: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m improve_lib run --profile smoke --run-dir runs/workshop-check --force --no-progress
+	HF_HUB_OFFLINE=1 $(PY) -m improve_lib run --profile demo --run-dir runs/workshop-demo --only 01,02,03 --force
+	$(PY) -m improve_lib.workshop check $(if $(OPENCLIP_WEIGHTS),--open-clip $(OPENCLIP_WEIGHTS))
+
+# Wheels of every dependency, for `make venv PIP_ARGS="--no-index --find-links wheelhouse"` offline.
+wheelhouse: $(STAMP)
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse .
 
 # Strip outputs from the committed notebooks (executed copies live in run folders).
 strip: $(STAMP)

@@ -84,3 +84,17 @@ def test_paper_profile_is_table_2():
     assert (p["LR"], p["BATCH_SIZE"], p["EPOCHS"], p["N_TRAIN"], p["N_TEST"], p["STEPS"], p["N_PER_CLASS"]) == \
         (1e-4, 16, 1500, 100, 50, 50, 100)
     assert p["CLASSIFIER"] == "resnext50_32x4d" and p["CLASS_EMBEDDING_MAP"] == "none"
+
+
+def test_notebook_defaults_are_the_demo_profile():
+    """Opened in JupyterLab and run top to bottom, the notebooks do what `make study` does (the demo
+    profile, minutes on a laptop CPU), not a paper-scale run."""
+    import ast
+
+    from improve_lib import pipeline
+
+    demo = pipeline.load_profile("demo")
+    for nb in pipeline.list_notebooks():
+        for key, default in pipeline.declared_parameters(nb).items():
+            if key in demo:
+                assert ast.literal_eval(default) == demo[key], f"{nb.name}: {key} = {default}, demo.yaml: {demo[key]}"
