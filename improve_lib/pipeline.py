@@ -6,6 +6,7 @@ notebook receives only the parameters its ``parameters`` cell declares.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,9 +52,16 @@ def list_notebooks(only: Iterable[str] | None = None, notebook_dir: Path = NOTEB
 
 def declared_parameters(notebook: Path) -> dict[str, Any]:
     """Names and defaults of the notebook's ``parameters`` cell (papermill's own parser)."""
+    st = Path(notebook).stat()
+    return dict(_declared(str(notebook), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=256)
+def _declared(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Any], ...]:
+    # cached per file version: a sweep asks for every notebook's parameters once per run
     import papermill
 
-    return {k: v["default"] for k, v in papermill.inspect_notebook(str(notebook)).items()}
+    return tuple((k, v["default"]) for k, v in papermill.inspect_notebook(path).items())
 
 
 def load_profile(profile: str, params_dir: Path = PARAMS_DIR) -> dict[str, Any]:
@@ -141,18 +149,31 @@ def preflight(params: dict[str, Any]) -> None:
 
 def code_fingerprint(package_dir: Path = REPO / "improve_lib") -> str:
     """sha256 over the library's source files: a stage computed by other code is never reused."""
+    files = sorted(p for p in package_dir.rglob("*")
+                   if p.is_file() and p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts)
+    return _hash_files(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files), str(package_dir))
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(signature: tuple, root: str) -> str:
+    # keyed by every file's (path, mtime, size): an edited file is hashed again
     h = hashlib.sha256()
-    for p in sorted(package_dir.rglob("*")):
-        if p.is_file() and p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
-            h.update(str(p.relative_to(package_dir)).encode() + b"\0" + p.read_bytes() + b"\0")
+    for path, _, _ in signature:
+        h.update(str(Path(path).relative_to(root)).encode() + b"\0" + Path(path).read_bytes() + b"\0")
     return h.hexdigest()
 
 
 def notebook_fingerprint(notebook: Path) -> str:
     """sha256 of the notebook's code cells (outputs and markdown do not change what it computes)."""
+    st = Path(notebook).stat()
+    return _notebook_hash(str(notebook), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _notebook_hash(path: str, mtime_ns: int, size: int) -> str:
     import nbformat
 
-    nb = nbformat.read(notebook, as_version=4)
+    nb = nbformat.read(path, as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     return hashlib.sha256(json.dumps(code).encode()).hexdigest()
 
