@@ -52,7 +52,7 @@ workshop: $(STAMP)
 
 # Wheels of every dependency, for `make venv PIP_ARGS="--no-index --find-links wheelhouse"` offline.
 wheelhouse: $(STAMP)
-	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse .
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse . "setuptools>=68"
 
 # Strip outputs from the committed notebooks (executed copies live in run folders).
 strip: $(STAMP)

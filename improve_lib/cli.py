@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"comparison: {render_comparison(args.sweep_dir)}")
         except (StudyInputError, StudyRunError) as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(exc, StudyInputError) else 1
         return 0
     try:
         run_dir = run_pipeline(

@@ -28,7 +28,7 @@ METRICS = {
     "nearest-prototype test accuracy %": None,
     "prototype consistency %": None,
     "objective plausibility %": "plausibility",
-    "precision %": None, "recall %": None, "density": None, "coverage %": None, "KID x 1000": None,
+    "precision %": None, "recall %": None, "density": None, "coverage %": None, "KID": None,
 }
 DEFAULT_PLOT_METRICS = ("TSTR macro F1 %", "nearest-prototype test accuracy %", "objective plausibility %")
 
@@ -37,17 +37,19 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_metrics(run_dir: str | Path) -> list[dict]:
-    """``[{metric, arm, value}]`` for one run folder (percentages in percent)."""
+def run_metrics(run_dir: str | Path, done: set[str] | None = None) -> list[dict]:
+    """``[{metric, arm, value}]`` for one run folder (percentages in percent). With ``done`` (notebook
+    names finished with the run's current stage keys), metrics of other notebooks are left out."""
     run_dir = Path(run_dir)
+    ok = lambda prefix: done is None or any(nb.startswith(prefix) for nb in done)  # noqa: E731
     rows = []
-    proto = _read_json(run_dir / "prototypes" / "metrics.json")
+    proto = _read_json(run_dir / "prototypes" / "metrics.json") if ok("03_") else None
     if proto:
         rows.append({"metric": "nearest-prototype test accuracy %", "arm": "CPL prototypes",
                      "value": 100 * proto["cpl"]["test_accuracy"]})
         rows.append({"metric": "nearest-prototype test accuracy %", "arm": "class means",
                      "value": 100 * proto["class_means"]["test_accuracy"]})
-    ev = _read_json(run_dir / "metrics" / "metrics.json")
+    ev = _read_json(run_dir / "metrics" / "metrics.json") if ok("06_") else None
     if ev:
         for arm, s in ev["tstr"]["sets"].items():
             rows.append({"metric": "TSTR macro F1 %", "arm": arm, "value": 100 * s["mean"]["f1"]})
@@ -61,10 +63,10 @@ def run_metrics(run_dir: str | Path) -> list[dict]:
             for key, name, scale in (("prototype_consistency", "prototype consistency %", 100),
                                      ("precision", "precision %", 100), ("recall", "recall %", 100),
                                      ("density", "density", 1), ("coverage", "coverage %", 100),
-                                     ("kid_mean", "KID x 1000", 1000)):
+                                     ("kid_mean", "KID", 1)):
                 if r.get(key) is not None:
                     rows.append({"metric": name, "arm": r["arm"], "value": scale * float(r[key])})
-    facts = manifest.load(run_dir).get("facts", {}).get("07_plausibility_review", {})
+    facts = manifest.load(run_dir).get("facts", {}).get("07_plausibility_review", {}) if ok("07_") else {}
     for arm, value in (facts.get("objective_mean") or {}).items():
         rows.append({"metric": "objective plausibility %", "arm": arm, "value": float(value)})
     return rows
@@ -90,9 +92,11 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
         for k in info["point"]:
             if k not in grid_keys:
                 grid_keys.append(k)
+        keys, stages = m.get("stage_keys", {}), m.get("stages", {})
+        current = {nb for nb, st in stages.items() if st.get("status") == "done" and st.get("key") == keys.get(nb)}
         base = {"run": run_dir.name, "seed": info["seed"], **{k: _hashable(v) for k, v in info["point"].items()},
-                "complete": all(s.get("status") == "done" for s in m.get("stages", {}).values())}
-        rows += [{**base, **r} for r in run_metrics(run_dir)]
+                "complete": bool(stages) and set(stages) <= current}
+        rows += [{**base, **r} for r in run_metrics(run_dir, current)]
         if not rows or rows[-1]["run"] != run_dir.name:
             rows.append({**base, "metric": None, "arm": None, "value": math.nan})
     if not rows:
@@ -121,17 +125,18 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
 def summarise(long: pd.DataFrame, grid_keys: Sequence[str], level: float = 0.95) -> pd.DataFrame:
     """Mean and Student-t interval over seeds per grid point, metric and arm (``n`` = seeds)."""
     data = long.dropna(subset=["metric"])
+    columns = list(grid_keys) + ["metric", "arm", "n", "mean", "low", "high", "seeds"]
     out = []
     for key, g in data.groupby(list(grid_keys) + ["metric", "arm"], sort=False, dropna=False):
         mean, low, high = t_interval(g["value"].tolist(), level)
         out.append({**dict(zip(list(grid_keys) + ["metric", "arm"], key)), "n": len(g), "mean": mean,
                     "low": low, "high": high, "seeds": ",".join(str(s) for s in sorted(g["seed"]))})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=columns)
 
 
 TABLE_METRICS = ("TSTR macro F1 %", "TSTR F1 difference (points)",
                  "nearest-prototype test accuracy %", "prototype consistency %", "objective plausibility %",
-                 "KID x 1000")
+                 "KID")
 
 
 def point_label(grid_keys: Sequence[str], values: Sequence) -> str:
@@ -150,7 +155,10 @@ def wide_table(summary: pd.DataFrame, grid_keys: Sequence[str],
     def fmt(r):
         if math.isnan(r["low"]):
             return f"{r['mean']:.1f} (n={r['n']})"
-        return f"{r['mean']:.1f} [{r['low']:.1f}, {r['high']:.1f}]"
+        low, high = r["low"], r["high"]
+        if r["metric"].endswith("%"):  # a t-interval can leave [0, 100]; shown clipped (summary.csv is not)
+            low, high = max(low, 0.0), min(high, 100.0)
+        return f"{r['mean']:.1f} [{low:.1f}, {high:.1f}]"
 
     order = {m: i for i, m in enumerate(metrics or dict.fromkeys(s.metric))}
     s = s.assign(cell=s.apply(fmt, axis=1), row=s.metric + " (" + s.arm.astype(str) + ")",
@@ -182,7 +190,7 @@ def paper_reference(dataset: str) -> dict[str, list[dict]]:
 
 
 def figure(long: pd.DataFrame, summary: pd.DataFrame, grid_keys: Sequence[str], dataset: str,
-           metrics: Sequence[str] = DEFAULT_PLOT_METRICS):
+           metrics: Sequence[str] = DEFAULT_PLOT_METRICS, level: float = 0.95):
     """One panel per metric: mean and t-interval over seeds per grid point (one colour per arm), each
     seed as a dot, the paper's numbers as dashed reference lines."""
     import matplotlib.pyplot as plt
@@ -226,7 +234,8 @@ def figure(long: pd.DataFrame, summary: pd.DataFrame, grid_keys: Sequence[str], 
         if "%" in metric and "difference" not in metric:
             ax.set_ylim(-2, 102)
         ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.suptitle("Mean and 95 % t-interval over seeds (small dots: single seeds; lines: the paper)", fontsize=10)
+    fig.suptitle(f"Mean and {100 * level:g} % t-interval over seeds (small dots: single seeds; lines: the paper)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

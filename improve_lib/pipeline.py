@@ -211,6 +211,26 @@ def _failed_cell(executed: Path) -> str:
     return "an unknown cell"
 
 
+def _discard_outputs(run_dir: Path, notebooks: list[str]) -> None:
+    """Delete the files the manifest credits to ``notebooks`` (their first writer) and forget their records."""
+    m = manifest.load(run_dir)
+    written = m.get("output_stages", {})
+    keep = {run_dir, run_dir / "notebooks", run_dir / "figures"}
+    for rel, by in written.items():
+        if by and by[0] in notebooks and rel not in ("params.yaml", manifest.MANIFEST):
+            path = run_dir / rel
+            path.unlink(missing_ok=True)
+            for parent in path.parents:  # folders left empty (an old checkpoint-N/) go too
+                if parent in keep or not parent.is_relative_to(run_dir) or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+    for nb in notebooks:
+        m.get("stages", {}).pop(nb, None)
+        m.get("facts", {}).pop(Path(nb).stem, None)
+    manifest.save(run_dir, m)
+    manifest.refresh_outputs(run_dir)
+
+
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys whose value differs; keys the old run did not have (a stage added since) are not changes."""
     return sorted(k for k in old if k != "RUN_DIR" and old.get(k) != new.get(k))
@@ -264,6 +284,14 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
         done = m.get("stages", {}).get(nb.name, {})
         if resume and not rerun and done.get("status") == "done" and done.get("key") == keys[nb.name]:
             continue
+        if not rerun and m.get("stages"):
+            # outputs of notebooks computed with other parameters or code must not survive (a training
+            # would resume from an old checkpoint; an arm no longer trained would keep its samples);
+            # an interrupted notebook with the same key keeps its files, so training resumes
+            same = done.get("key") == keys[nb.name]
+            names = [b.name for b in all_books]
+            start = names.index(nb.name) + (1 if same else 0)
+            _discard_outputs(run_dir, names[start:])
         rerun = True
         declared = declared_parameters(nb)
         nb_params = {k: params[k] for k in declared if k in params}

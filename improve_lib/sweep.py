@@ -207,11 +207,7 @@ def _check_type(key: str, value: Any, references: list[Any], where: str) -> Any:
     """``value`` if it has the type of the notebook default / profile value (ints become floats where
     the parameter is a float), else a :class:`StudyInputError` naming the key."""
     known = [r for r in references if r is not None]
-    if value is None:
-        if known and len(known) == len(references):
-            raise StudyInputError(f"{where}: {key}=None, but {key} has no None default (e.g. {known[0]!r})")
-        return value
-    if not known:
+    if value is None or not known:  # None means "the notebook's own rule" (e.g. MAX_STEPS=None: use EPOCHS)
         return value
     ref = known[0]
     ok = {bool: lambda v: isinstance(v, bool),
@@ -260,6 +256,8 @@ def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK
         if early:
             raise StudyInputError(f"--grid {key}: a parameter of {early}, before --from {spec.from_nb}; the "
                                   f"sweep would not share those notebooks. Drop --from or start it at {early[0][:2]}")
+        if not values:
+            raise StudyInputError(f"--grid {key}: no values")
         if len(values) != len({_canonical(v) for v in values}):
             raise StudyInputError(f"--grid {key}: a value is given twice in {values}")
         out[key] = [_check_type(key, v, refs(key), f"--grid {key}") for v in values]
@@ -386,6 +384,7 @@ def adopt_stages(run_dir: Path, donor_dir: Path, stages: Sequence[str]) -> int:
         dst = run_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(donor_dir / rel, dst)  # a copy, not a link: later stages may append to files
+    _relocate(run_dir, donor_dir, files)
     stems = {Path(s).stem for s in stages}
     m = manifest.load(run_dir)
     m["stages"] = {s: {**dm["stages"][s], "reused_from": donor_dir.name} for s in stages}
@@ -396,6 +395,33 @@ def adopt_stages(run_dir: Path, donor_dir: Path, stages: Sequence[str]) -> int:
     manifest.save(run_dir, m)
     manifest.refresh_outputs(run_dir)
     return len(files)
+
+
+_TEXT_SUFFIXES = (".csv", ".yaml", ".yml", ".json", ".md", ".txt")
+
+
+def _relocate(run_dir: Path, donor_dir: Path, files: Sequence[str]) -> None:
+    """Point copied files at this run's folder instead of the donor's: absolute paths inside the run
+    folder (the split's image paths, a training config's RUN_DIR, the embeddings' image paths) are
+    rewritten, so the run stands alone and the donor may be deleted. Executed notebooks are left as
+    the record of what ran (the manifest names the donor)."""
+    import numpy as np
+
+    old, new = str(donor_dir.resolve()), str(run_dir.resolve())
+    for rel in files:
+        path = run_dir / rel
+        if path.suffix in _TEXT_SUFFIXES:
+            text = path.read_text(encoding="utf-8")
+            if old in text:
+                atomic_write_text(path, text.replace(old, new))
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            moved = {k: np.char.replace(v, old, new) for k, v in arrays.items()
+                     if v.dtype.kind == "U" and np.char.find(v, old).max(initial=-1) >= 0}
+            if moved:
+                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, **{**arrays, **moved})
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -500,6 +526,12 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
             echo(f"estimated time from {estimate_from}: {sec / 60:.0f} min")
         return sweep_dir, [RunOutcome(r, "planned", reused=",".join(s)) for r, _, s in planned]
 
+    foreign = [f"{r.name} ({_identity_of(sweep_dir / r.name)})" for r in runs
+               if _identity_of(sweep_dir / r.name) not in (None, _identity(spec, r))]
+    if foreign:
+        raise StudyInputError(f"{sweep_dir} holds runs of the same names from another sweep setting: "
+                              f"{foreign[:3]}; this sweep is {_identity(spec, runs[0])}. Use another "
+                              f"--sweep-dir (or delete those run folders)")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump({
         "profile": spec.profile, "dataset": runs[0].params["DATASET"], "data_dir": spec.data_dir,
@@ -528,7 +560,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
                 reused = f"{own[0][:2]}-{own[-1][:2]} (own, resumed)"
             echo(f"[{i}/{len(runs)}] {run.name}: " + (f"reuses {reused}" if reused else "runs every notebook"))
             m = manifest.load(run_dir)
-            m["sweep"] = {"folder": str(sweep_dir), "point": run.point, "seed": run.seed}
+            m["sweep"] = {"folder": str(sweep_dir), "point": run.point, "seed": run.seed, **_identity(spec, run)}
             run_dir.mkdir(parents=True, exist_ok=True)
             manifest.save(run_dir, m)
             run_pipeline(spec.profile, dataset=spec.dataset, data_dir=spec.data_dir, run_dir=run_dir,
@@ -551,6 +583,19 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
     return sweep_dir, outcomes
 
 
+def _identity(spec: SweepSpec, run: SweepRun) -> dict[str, Any]:
+    """What makes runs of one sweep comparable besides the grid point and seed."""
+    return {"profile": spec.profile, "dataset": run.params["DATASET"], "data_dir": run.params.get("DATA_DIR"),
+            "sets": {k: v for k, v in sorted(spec.sets.items())}}
+
+
+def _identity_of(run_dir: Path) -> dict[str, Any] | None:
+    info = manifest.load(run_dir).get("sweep") if run_dir.is_dir() else None
+    if not info or "profile" not in info:  # not a sweep run, or one recorded before identities were
+        return None
+    return {k: info.get(k) for k in ("profile", "dataset", "data_dir", "sets")}
+
+
 def render_comparison(sweep_dir: str | Path, notebook_dir: Path = NOTEBOOK_DIR, progress: bool = True) -> Path:
     """Execute ``08_compare_runs.ipynb`` on the sweep folder into ``<sweep dir>/08_compare_runs.ipynb``."""
     import papermill
@@ -558,6 +603,8 @@ def render_comparison(sweep_dir: str | Path, notebook_dir: Path = NOTEBOOK_DIR, 
     from .pipeline import KERNEL, _failed_cell
 
     sweep_dir = Path(sweep_dir).resolve()
+    if not sweep_dir.is_dir():
+        raise StudyInputError(f"sweep folder {sweep_dir} does not exist")
     src = notebook_dir / COMPARE_NOTEBOOK
     out = sweep_dir / COMPARE_NOTEBOOK
     try:

@@ -354,6 +354,8 @@ def _check_resume(state_path: Path, new: dict[str, Any]) -> dict[str, Any]:
         raise StudyInputError(f"checkpoint {state_path.parent} is corrupt: {state_path.name} is unreadable "
                               f"({exc}); delete that folder to resume from an earlier checkpoint") from None
     new = json.loads(json.dumps(new))  # compare as stored (tuples -> lists)
+    # a key added to the library since the checkpoint was written counts as its default value there
+    old = {**{k: v for k, v in json.loads(json.dumps(MODEL_DEFAULTS)).items() if k in new and k not in old}, **old}
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise StudyInputError(

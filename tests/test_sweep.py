@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from improve_lib import manifest, pipeline, sweep
@@ -76,6 +77,13 @@ def test_bad_grids_fail_before_anything_runs(grid, kw, msg, tmp_path):
     assert not (tmp_path / "sw").exists()
 
 
+def test_empty_values_fail_and_none_is_passed_on(tmp_path):
+    with pytest.raises(StudyInputError, match="K: no values"):
+        sweep.expand(_spec(grid={"K": []}))
+    runs = sweep.expand(_spec(grid={"MAX_STEPS": [None, 4]}))
+    assert [r.params["MAX_STEPS"] for r in runs] == [None, 4] and runs[0].name == "max_steps_none-seed0"
+
+
 def test_cli_sweep_errors_and_dry_run(tmp_path, capsys):
     assert main(["sweep", "--profile", "smoke", "--grid", "NOPE=1,2", "--sweep-dir", str(tmp_path / "s")]) == 2
     assert "no notebook declares NOPE" in capsys.readouterr().err
@@ -89,15 +97,16 @@ def test_cli_sweep_errors_and_dry_run(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
-def test_presets_are_valid_sweeps():
+def test_presets_are_valid_sweeps(monkeypatch):
     presets = sorted(sweep.ABLATIONS_DIR.glob("*.yaml"))
     assert len(presets) >= 6
     for path in presets:
-        data = sweep.load_preset(path.stem) if "${" not in path.read_text() else None
-        if data is None:  # the open_clip preset needs a weights file named by an environment variable
-            with pytest.raises(StudyInputError, match="environment variable"):
+        if "${" in path.read_text():  # the open_clip preset names its weights file by an environment variable
+            monkeypatch.delenv("OPENCLIP_WEIGHTS", raising=False)
+            with pytest.raises(StudyInputError, match="environment variable.*OPENCLIP_WEIGHTS"):
                 sweep.load_preset(path.stem)
-            continue
+            monkeypatch.setenv("OPENCLIP_WEIGHTS", "/weights/vit_b_32.safetensors")
+        data = sweep.load_preset(path.stem)
         assert data.get("description") and data.get("time"), f"{path.name}: say what it tests and how long it takes"
         runs = sweep.expand(sweep.spec_from(data))
         assert len({r.seed for r in runs}) >= 3, path.name
@@ -141,12 +150,15 @@ def tiny_notebooks(tmp_path):
     nbdir.mkdir()
     log = "from pathlib import Path\nrun = Path(RUN_DIR)\n"
     _notebook(nbdir / "01_first.ipynb", 'SEED = 0  # seed\nK = 1  # k\nRUN_DIR = "x"  # run folder',
-              log + "(run / 'a.txt').write_text(f'{SEED}-{K}')\n"
+              log + "import numpy as np\n(run / 'a.txt').write_text(f'{SEED}-{K}')\n"
+                    "(run / 'paths.csv').write_text(f'path\\n{run.resolve() / \"a.txt\"}\\n')\n"
+                    "np.savez(run / 'e.npz', paths=np.asarray([str(run.resolve() / 'a.txt')]), v=np.zeros(2))\n"
                     "with open(run.parent / 'exec.log', 'a') as fh:\n    fh.write(f'01 {run.name}\\n')")
     _notebook(nbdir / "02_second.ipynb", 'SEED = 0  # seed\nGAMMA = 1.0  # gamma\nRUN_DIR = "x"  # run folder',
               log + "with open(run.parent / 'exec.log', 'a') as fh:\n    fh.write(f'02 {run.name}\\n')\n"
                     "if GAMMA == 3:\n    raise ValueError('gamma three is not allowed')\n"
-                    "(run / 'b.txt').write_text((run / 'a.txt').read_text() + f'|{GAMMA}')")
+                    "(run / 'b.txt').write_text((run / 'a.txt').read_text() + f'|{GAMMA}')\n"
+                    "if GAMMA == 1:\n    (run / 'sub').mkdir(exist_ok=True)\n    (run / 'sub' / 'only1.txt').write_text('x')")
     return nbdir
 
 
@@ -172,8 +184,15 @@ def test_sweep_shares_upstream_skips_complete_and_continues_past_failure(tiny_no
     m = manifest.load(sw / "gamma_2-seed1")
     assert m["stages"]["01_first.ipynb"]["reused_from"] == "gamma_1-seed1"
     assert "reused_from" not in m["stages"]["02_second.ipynb"]
-    assert m["sweep"] == {"folder": str(sw.resolve()), "point": {"GAMMA": 2.0}, "seed": 1}
+    assert m["sweep"] == {"folder": str(sw.resolve()), "point": {"GAMMA": 2.0}, "seed": 1, "profile": "smoke",
+                          "dataset": "synthetic", "data_dir": None, "sets": {}}
     assert "notebooks/01_first.ipynb" in m["outputs"] and "a.txt" in m["outputs"]
+    # copied files point at their own run folder, not the donor's
+    own = (sw / "gamma_2-seed1").resolve()
+    assert (sw / "gamma_2-seed1" / "paths.csv").read_text().splitlines()[1] == str(own / "a.txt")
+    import numpy as np
+
+    assert str(np.load(sw / "gamma_2-seed1" / "e.npz")["paths"][0]) == str(own / "a.txt")
     assert "FAILED gamma_3-seed0" in sweep.report(outcomes)
     rows = (sw / "runs.csv").read_text().splitlines()
     assert rows[0].startswith("run,seed,GAMMA,status") and len(rows) == 7
@@ -190,6 +209,10 @@ def test_sweep_shares_upstream_skips_complete_and_continues_past_failure(tiny_no
                               notebook_dir=tiny_notebooks)
     assert _log(sw) == ["02 gamma_5-seed1"]
     assert (sw / "gamma_5-seed1" / "b.txt").read_text() == "1-1|5.0"
+    # a run folder of the same name made with other fixed settings is not overwritten
+    with pytest.raises(StudyInputError, match="another sweep setting.*gamma_1-seed0"):
+        sweep.run_sweep(_spec(grid={"GAMMA": [1]}, sets={"K": 2}), sw, compare=False, progress=False,
+                        notebook_dir=tiny_notebooks)
     # ... and a change of an upstream parameter reuses nothing
     (sw / "exec.log").unlink()
     sweep.run_sweep(_spec(grid={"K": [7]}, seeds=[1]), sw, compare=False, progress=False, notebook_dir=tiny_notebooks)
@@ -220,6 +243,7 @@ def test_donor_whose_files_a_later_stage_rewrote_is_not_reused(tmp_path):
 def test_resume_with_force_reruns_from_the_first_changed_notebook(tiny_notebooks, tmp_path):
     run = tmp_path / "run"
     pipeline.run_pipeline("smoke", run_dir=run, sets={"GAMMA": 1.0}, progress=False, notebook_dir=tiny_notebooks)
+    assert (run / "sub" / "only1.txt").is_file()
     with pytest.raises(StudyInputError, match="changed parameter.*GAMMA"):
         pipeline.run_pipeline("smoke", run_dir=run, sets={"GAMMA": 2.0}, resume=True, progress=False,
                               notebook_dir=tiny_notebooks)
@@ -227,6 +251,7 @@ def test_resume_with_force_reruns_from_the_first_changed_notebook(tiny_notebooks
     pipeline.run_pipeline("smoke", run_dir=run, sets={"GAMMA": 2.0}, resume=True, force=True, progress=False,
                           notebook_dir=tiny_notebooks)
     assert _log(tmp_path) == ["02 run"] and (run / "b.txt").read_text() == "0-1|2.0"
+    assert not (run / "sub").exists()  # what the old GAMMA wrote is gone, folder and all
     assert json.loads((run / "manifest.json").read_text())["complete"] is True
 
 
@@ -234,9 +259,9 @@ def test_resume_with_force_reruns_from_the_first_changed_notebook(tiny_notebooks
 
 @pytest.mark.slow
 def test_smoke_sweep_2x2_and_comparison_notebook(tmp_path):
-    """A 2x2 sweep of the sampling notebook's parameters on the smoke profile: 01-04 run once and are
-    shared by the four runs; 08 renders the comparison table."""
-    spec = _spec(grid={"GUIDANCE_SCALE": [0, 2], "ETA": [0, 1]}, seeds=[0], from_nb="05")
+    """A 2x2 sweep of the sampling notebook's parameters on the smoke profile (to 06, for CI time): 01-04
+    run once and are shared by the four runs; 08 renders the comparison table."""
+    spec = _spec(grid={"GUIDANCE_SCALE": [0, 2], "ETA": [0, 1]}, seeds=[0], from_nb="05", to_nb="06")
     sw, outcomes = sweep.run_sweep(spec, tmp_path / "sw", progress=False)
     assert [o.status for o in outcomes] == ["done"] * 4, sweep.report(outcomes)
     reused = [manifest.load(sw / o.run.name)["stages"]["04_train_diffusion.ipynb"].get("reused_from") for o in outcomes]
@@ -244,7 +269,7 @@ def test_smoke_sweep_2x2_and_comparison_notebook(tmp_path):
     for o in outcomes:
         info = json.loads((sw / o.run.name / "samples" / "prototype" / "sampling.json").read_text())
         assert info["guidance_scale"] == o.run.point["GUIDANCE_SCALE"] and info["eta"] == o.run.point["ETA"]
-        assert manifest.load(sw / o.run.name)["complete"] is True
+        assert manifest.load(sw / o.run.name)["stages"]["06_evaluate.ipynb"]["status"] == "done"
     nb = nbformat.read(sw / "08_compare_runs.ipynb", as_version=4)
     text = "\n".join(str(out.get("data", {}).get("text/markdown", "")) for c in nb.cells for out in c.get("outputs", []))
     assert "TSTR macro F1 % (prototype)" in text and "GUIDANCE_SCALE=2, ETA=1" in text
@@ -252,3 +277,21 @@ def test_smoke_sweep_2x2_and_comparison_notebook(tmp_path):
     assert "nearest-prototype test accuracy %" in summary and (sw / "comparison" / "comparison.png").is_file()
     shutil.rmtree(sw / "guidance_scale_2-eta_1-seed0")  # a comparison of what is left still renders
     sweep.render_comparison(sw, progress=False)
+
+
+def test_comparison_of_runs_without_metrics_is_empty_not_an_error():
+    from improve_lib import comparison
+
+    long = pd.DataFrame([{"run": "k_1-seed0", "seed": 0, "K": 1, "complete": False, "metric": None, "arm": None,
+                          "value": float("nan")}])
+    summary = comparison.summarise(long, ["K"])
+    assert summary.empty and "mean" in summary.columns
+    assert comparison.wide_table(summary, ["K"]).empty
+
+
+def test_t_interval_matches_the_formula():
+    from improve_lib.comparison import t_interval
+
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and high - mean == pytest.approx(4.302653 * 1.0 / 3 ** 0.5, rel=1e-5)
+    assert t_interval([5.0])[0] == 5.0 and all(map(lambda v: v != v, t_interval([5.0])[1:]))

@@ -235,3 +235,16 @@ def test_too_many_processes_is_refused(run, tmp_path):
     with pytest.raises(StudyInputError, match="NUM_PROCESSES=4096"):
         launch(path, num_processes=4096)
     assert not (run / "models").exists()
+
+
+def test_resume_from_a_checkpoint_older_than_a_new_model_key(tmp_path):
+    """A checkpoint written before CLASS_EMBEDDING_COMBINE existed resumes when the key has its default,
+    and refuses when it does not."""
+    from improve_lib.train import _check_resume
+
+    new = {"BASE_CHANNELS": 8, "CLASS_EMBEDDING_COMBINE": "concat"}
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"step": 3, "resume_config": {"BASE_CHANNELS": 8}}))
+    assert _check_resume(state, new)["step"] == 3
+    with pytest.raises(StudyInputError, match="CLASS_EMBEDDING_COMBINE changed from 'concat' to 'add'"):
+        _check_resume(state, {**new, "CLASS_EMBEDDING_COMBINE": "add"})
