@@ -263,6 +263,10 @@ def describe(summary: pd.DataFrame, grid_keys: Sequence[str], metric: str = "TST
         where = lambda r: ", ".join(f"{k} = {_short(r[k])}" for k in grid_keys)  # noqa: E731
         text = (f"- **{arm}**: {metric} is highest at {where(best)} ({best['mean']:.1f}) and lowest at "
                 f"{where(worst)} ({worst['mean']:.1f})")
+        if metric.endswith("%"):  # as in the table: percentages' intervals clipped to 0-100
+            best, worst = (r.copy() for r in (best, worst))
+            for r in (best, worst):
+                r["low"], r["high"] = max(r["low"], 0.0), min(r["high"], 100.0)
         if math.isnan(best["low"]) or math.isnan(worst["low"]):
             text += "; with a single seed there is no interval to judge the gap."
         elif best["low"] > worst["high"]:
