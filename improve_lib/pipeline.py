@@ -64,16 +64,31 @@ def _declared(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Any], ...
     return tuple((k, v["default"]) for k, v in papermill.inspect_notebook(path).items())
 
 
-def load_profile(profile: str, params_dir: Path = PARAMS_DIR) -> dict[str, Any]:
-    """Read ``params/<profile>.yaml``; an unknown profile lists the available ones."""
-    path = params_dir / f"{profile}.yaml"
+def read_yaml_mapping(path: Path, what: str, name: str, holds: str) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``; a missing file names the ``what`` files available beside it,
+    anything but a mapping says what it must hold."""
     if not path.is_file():
-        avail = sorted(p.stem for p in params_dir.glob("*.yaml"))
-        raise StudyInputError(f"unknown profile {profile!r}: {path} does not exist; available: {avail}")
+        avail = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise StudyInputError(f"unknown {what} {name!r}: {path} does not exist; available: {avail}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise StudyInputError(f"{path} must hold a mapping of UPPER_CASE keys")
+        raise StudyInputError(f"{path} must hold a mapping of {holds}")
     return data
+
+
+def load_profile(profile: str, params_dir: Path = PARAMS_DIR) -> dict[str, Any]:
+    """Read ``params/<profile>.yaml``; an unknown profile lists the available ones."""
+    return read_yaml_mapping(params_dir / f"{profile}.yaml", "profile", profile, "UPPER_CASE keys")
+
+
+def as_number(value: Any) -> Any:
+    """A string that reads as a float becomes one (YAML 1.1 reads ``1e-3`` as a string); others unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def parse_sets(items: Iterable[str]) -> dict[str, Any]:
@@ -86,13 +101,7 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not key.isupper():
             raise StudyInputError(f"--set {item!r}: parameter names are UPPER_CASE")
-        parsed = yaml.safe_load(value) if value.strip() else None
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key] = parsed
+        out[key] = as_number(yaml.safe_load(value)) if value.strip() else None
     return out
 
 
@@ -211,6 +220,22 @@ def _failed_cell(executed: Path) -> str:
     return "an unknown cell"
 
 
+def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], progress: bool = True) -> Path:
+    """Run ``notebook`` with papermill into ``out`` (working directory: the notebook's folder). A failure
+    raises :class:`StudyRunError` naming the notebook, the failing cell and the executed copy."""
+    import papermill
+
+    try:
+        papermill.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=KERNEL,
+                                   cwd=str(notebook.parent), progress_bar=progress, log_output=False)
+    except papermill.PapermillExecutionError as exc:
+        raise StudyRunError(
+            f"notebook {notebook.name} failed in {_failed_cell(out)} with {exc.ename}: {exc.evalue}\n"
+            f"executed copy with the traceback: {out}"
+        ) from None
+    return out
+
+
 def _discard_outputs(run_dir: Path, notebooks: list[str]) -> None:
     """Delete the files the manifest credits to ``notebooks`` (their first writer) and forget their records."""
     m = manifest.load(run_dir)
@@ -241,7 +266,6 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
                  sets: dict[str, Any] | None = None, resume: bool = False, force: bool = False,
                  progress: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
     """Execute the notebooks into ``run_dir`` and return it. See the module docstring."""
-    import papermill
     from tqdm.auto import tqdm
 
     books = list_notebooks(only, notebook_dir)
@@ -295,18 +319,13 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
         rerun = True
         declared = declared_parameters(nb)
         nb_params = {k: params[k] for k in declared if k in params}
-        out = run_dir / "notebooks" / nb.name
         t0 = time.time()
         try:
-            papermill.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name=KERNEL,
-                                       cwd=str(nb.parent), progress_bar=progress, log_output=False)
-        except papermill.PapermillExecutionError as exc:
+            execute_notebook(nb, run_dir / "notebooks" / nb.name, nb_params, progress)
+        except StudyRunError:
             manifest.record_stage(run_dir, nb.name, "failed", time.time() - t0, nb_params, keys[nb.name])
             manifest.refresh_outputs(run_dir, nb.name)
-            raise StudyRunError(
-                f"notebook {nb.name} failed in {_failed_cell(out)} with {exc.ename}: {exc.evalue}\n"
-                f"executed copy with the traceback: {out}"
-            ) from None
+            raise
         manifest.record_stage(run_dir, nb.name, "done", time.time() - t0, nb_params, keys[nb.name])
         manifest.refresh_outputs(run_dir, nb.name)
         m = manifest.load(run_dir)

@@ -42,8 +42,9 @@ import yaml
 from . import manifest
 from .errors import StudyInputError
 from .io import atomic_path, atomic_write_text
-from .pipeline import (NOTEBOOK_DIR, PARAMS_DIR, StudyRunError, declared_parameters, list_notebooks,
-                       load_profile, preflight, resolve_params, run_pipeline, stage_keys)
+from .pipeline import (NOTEBOOK_DIR, PARAMS_DIR, StudyRunError, as_number, declared_parameters,
+                       execute_notebook, list_notebooks, load_profile, preflight, read_yaml_mapping,
+                       resolve_params, run_pipeline, stage_keys)
 
 ABLATIONS_DIR = PARAMS_DIR / "ablations"
 COMPARE_NOTEBOOK = "08_compare_runs.ipynb"
@@ -80,16 +81,6 @@ class SweepRun:
 
 # ------------------------------------------------------------------------------------------ parsing
 
-def _yaml_value(text: str) -> Any:
-    value = yaml.safe_load(text) if text.strip() else None
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
 def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
     """``["K=1,3", "ARMS=[prototype],[baseline,prototype]"]`` -> ``{"K": [1, 3], "ARMS": [[...], [...]]}``.
 
@@ -109,7 +100,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
             raise StudyInputError(f"--grid {item!r}: cannot read the values ({exc.problem})") from None
         if not values:
             raise StudyInputError(f"--grid {item!r}: no values")
-        grid[key] = [_yaml_value(yaml.safe_dump(v)) if isinstance(v, str) else v for v in values]
+        grid[key] = [as_number(v) for v in values]
     return grid
 
 
@@ -127,15 +118,8 @@ def parse_seeds(text: str | Sequence[int]) -> list[int]:
 
 def load_preset(name: str, ablations_dir: Path = ABLATIONS_DIR) -> dict[str, Any]:
     """Read ``params/ablations/<name>.yaml`` (or a path to such a file)."""
-    path = Path(name)
-    if not path.suffix:
-        path = ablations_dir / f"{name}.yaml"
-    if not path.is_file():
-        avail = sorted(p.stem for p in ablations_dir.glob("*.yaml"))
-        raise StudyInputError(f"unknown preset {name!r}: {path} does not exist; available: {avail}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise StudyInputError(f"{path} must hold a mapping (profile, grid, seeds, set, from, to)")
+    path = Path(name) if Path(name).suffix else ablations_dir / f"{name}.yaml"
+    data = read_yaml_mapping(path, "preset", name, "profile, grid, seeds, set, from, to")
     unknown = sorted(set(data) - PRESET_KEYS)
     if unknown:
         raise StudyInputError(f"{path}: unknown key(s) {unknown}; a preset may hold {sorted(PRESET_KEYS)}")
@@ -233,10 +217,7 @@ def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK
     every = list_notebooks(None, notebook_dir)
     declared = {nb.name: declared_parameters(nb) for nb in every}
     chosen = {nb.name for nb in books}
-    profile = load_profile(spec.profile)
-    profile_flat = {k: v for k, v in profile.items() if k != "datasets"}
-    per_dataset = (profile.get("datasets") or {}).get(spec.dataset or profile.get("DATASET", "synthetic")) or {}
-    profile_flat.update(per_dataset)
+    profile_flat = resolve_params(spec.profile, spec.dataset, spec.data_dir, None, every)  # with per-dataset values
 
     def refs(key: str) -> list[Any]:
         return [profile_flat.get(key)] + [_default_value(d[key]) for d in declared.values() if key in d]
@@ -440,23 +421,15 @@ def plan(runs: list[SweepRun], sweep_dir: Path, books: list[Path]) -> list[tuple
     """For each run: ``(run, "complete" | "run", notebooks it would copy)``, assuming the runs before it
     finish; used by ``--dry-run``."""
     out = []
-    finished: dict[str, dict[str, str]] = {}
-    for run in runs:
-        m = manifest.load(sweep_dir / run.name)
-        own = _done_prefix(m.get("stages", {}), run.keys, books)
+    for i, run in enumerate(runs):
+        own = _done_prefix(manifest.load(sweep_dir / run.name).get("stages", {}), run.keys, books)
         if len(own) == len(books):
             out.append((run, "complete", own))
-        else:
-            donor = find_donor(run, sweep_dir, books)[1]
-            for keys in finished.values():  # earlier runs of this plan
-                chain = []
-                for nb in books:
-                    if keys.get(nb.name) != run.keys[nb.name]:
-                        break
-                    chain.append(nb.name)
-                donor = chain if len(chain) > len(donor) else donor
-            out.append((run, "run", max(own, donor, key=len)))
-        finished[run.name] = run.keys
+            continue
+        # earlier runs of this plan will have finished every notebook with their keys
+        planned = [_done_prefix({nb: {"status": "done", "key": k} for nb, k in r.keys.items()}, run.keys, books)
+                   for r in runs[:i]]
+        out.append((run, "run", max([own, find_donor(run, sweep_dir, books)[1], *planned], key=len)))
     return out
 
 
@@ -513,8 +486,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
             preflight(r.params)
             checked.add((r.params["DATASET"], r.params.get("DATA_DIR")))
     sweep_dir = Path(sweep_dir or default_sweep_dir(spec)).expanduser().resolve()
-    planned = plan(runs, sweep_dir, books)
     if dry_run:
+        planned = plan(runs, sweep_dir, books)
         for run, status, shared in planned:
             what = "complete, skipped" if status == "complete" else (
                 f"copies {shared[0][:2]}-{shared[-1][:2]}, runs the rest" if shared else "runs every notebook")
@@ -598,22 +571,11 @@ def _identity_of(run_dir: Path) -> dict[str, Any] | None:
 
 def render_comparison(sweep_dir: str | Path, notebook_dir: Path = NOTEBOOK_DIR, progress: bool = True) -> Path:
     """Execute ``08_compare_runs.ipynb`` on the sweep folder into ``<sweep dir>/08_compare_runs.ipynb``."""
-    import papermill
-
-    from .pipeline import KERNEL, _failed_cell
-
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
         raise StudyInputError(f"sweep folder {sweep_dir} does not exist")
-    src = notebook_dir / COMPARE_NOTEBOOK
-    out = sweep_dir / COMPARE_NOTEBOOK
-    try:
-        papermill.execute_notebook(str(src), str(out), parameters={"SWEEP_DIR": str(sweep_dir)}, kernel_name=KERNEL,
-                                   cwd=str(src.parent), progress_bar=progress, log_output=False)
-    except papermill.PapermillExecutionError as exc:
-        raise StudyRunError(f"{COMPARE_NOTEBOOK} failed in {_failed_cell(out)} with {exc.ename}: {exc.evalue}\n"
-                            f"executed copy with the traceback: {out}") from None
-    return out
+    return execute_notebook(notebook_dir / COMPARE_NOTEBOOK, sweep_dir / COMPARE_NOTEBOOK,
+                            {"SWEEP_DIR": str(sweep_dir)}, progress)
 
 
 def report(outcomes: list[RunOutcome]) -> str:
