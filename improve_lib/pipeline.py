@@ -220,19 +220,61 @@ def _failed_cell(executed: Path) -> str:
     return "an unknown cell"
 
 
-def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], progress: bool = True) -> Path:
-    """Run ``notebook`` with papermill into ``out`` (working directory: the notebook's folder). A failure
-    raises :class:`StudyRunError` naming the notebook, the failing cell and the executed copy."""
-    import papermill
+def cell_timeout() -> float | None:
+    """Seconds one cell may run (``$IMPROVE_CELL_TIMEOUT``; unset, empty or 0: no limit). The tests set
+    it so that a hung kernel fails its test with the cell named instead of stalling the suite; a study
+    run leaves it unset, since a paper-scale training cell runs for hours."""
+    raw = os.environ.get("IMPROVE_CELL_TIMEOUT", "").strip()
+    try:
+        value = float(raw) if raw else 0.0
+    except ValueError:
+        raise StudyInputError(f"IMPROVE_CELL_TIMEOUT={raw!r} must be a number of seconds") from None
+    return value if value > 0 else None
+
+
+def _running_cell(executed: Path) -> str:
+    """'cell N (first line)' of the last cell the executed copy records as started (the one that was
+    running when the time ran out or the kernel died; papermill marks even that one completed)."""
+    import nbformat
 
     try:
+        nb = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError):
+        return "an unknown cell"
+    cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    started = [(i, c) for i, c in enumerate(cells, start=1) if c.metadata.get("papermill", {}).get("start_time")]
+    if not started:
+        return "an unknown cell"
+    i, c = started[-1]
+    first = next((line for line in c.source.splitlines() if line.strip()), "")
+    return f"cell {i} ({first[:60]!r})"
+
+
+def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], progress: bool = True) -> Path:
+    """Run ``notebook`` with papermill into ``out`` (working directory: the notebook's folder). A failure,
+    a cell running past :func:`cell_timeout` or a kernel that died raises :class:`StudyRunError` naming
+    the notebook, the cell and the executed copy."""
+    import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    limit = cell_timeout()
+    try:
         papermill.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=KERNEL,
-                                   cwd=str(notebook.parent), progress_bar=progress, log_output=False)
+                                   cwd=str(notebook.parent), progress_bar=progress, log_output=False,
+                                   execution_timeout=limit)
     except papermill.PapermillExecutionError as exc:
         raise StudyRunError(
             f"notebook {notebook.name} failed in {_failed_cell(out)} with {exc.ename}: {exc.evalue}\n"
             f"executed copy with the traceback: {out}"
         ) from None
+    except CellTimeoutError:
+        raise StudyRunError(
+            f"notebook {notebook.name}: {_running_cell(out)} ran longer than IMPROVE_CELL_TIMEOUT={limit:g} s; "
+            f"executed copy up to that cell: {out}"
+        ) from None
+    except DeadKernelError as exc:
+        raise StudyRunError(f"notebook {notebook.name}: the kernel died in {_running_cell(out)} ({exc}); "
+                            f"executed copy up to that cell: {out}") from None
     return out
 
 

@@ -10,12 +10,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IMPROVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Every papermill cell the tests run is bounded (smoke cells take seconds): a hung kernel fails its
+# test naming the cell, instead of holding the suite until CI's hard limit.
+os.environ.setdefault("IMPROVE_CELL_TIMEOUT", "600")
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _fresh_embedding_cache(tmp_path_factory):
     """A cache per test session: a warm cache from an earlier run must not hide an encoder regression."""
     os.environ["IMPROVE_CACHE_DIR"] = str(tmp_path_factory.mktemp("embedding-cache"))
+
+
+@pytest.fixture(scope="session")
+def smoke_synthetic_run(tmp_path_factory) -> Path:
+    """One finished smoke run of every notebook on the embedded synthetic cells, shared by the tests
+    that check a full run and the sweep test that reuses its stages (one pipeline run instead of two)."""
+    from improve_lib import pipeline
+
+    return pipeline.run_pipeline("smoke", dataset="synthetic", run_dir=tmp_path_factory.mktemp("smoke") / "run",
+                                 progress=False)
 
 
 def _require(path: Path) -> Path:

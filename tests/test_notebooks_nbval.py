@@ -28,7 +28,7 @@ def test_notebooks_under_nbval(tmp_path):
         prepared.append(notebook_tools.prepare(nb, out, {k: params[k] for k in declared if k in params}))
     # nbval runs notebooks in the order given; the working directory is the repo's notebooks folder.
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                           "--nbval-current-env", *map(str, prepared)],
+                           "--nbval-current-env", "--nbval-cell-timeout=600", *map(str, prepared)],
                           cwd=REPO / "notebooks", capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout

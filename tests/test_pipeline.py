@@ -33,12 +33,13 @@ ALL = [p.name for p in pipeline.list_notebooks()]
 @pytest.mark.parametrize("dataset,upto", [("synthetic", None), ("ham10000", "04"), ("bone_marrow", "04")])
 def test_smoke_run(dataset, upto, tmp_path, request):
     """The runner on the smoke profile: every notebook on the embedded data, 01-04 on the real subsets."""
-    data_dir = None
-    if dataset != "synthetic":
-        data_dir = request.getfixturevalue("ham_dir" if dataset == "ham10000" else "bm_dir")
     only = None if upto is None else [f"{i:02d}" for i in range(1, int(upto) + 1)]
-    run = pipeline.run_pipeline("smoke", dataset=dataset, data_dir=data_dir, run_dir=tmp_path / "run",
-                                only=only, progress=False)
+    if dataset == "synthetic":
+        run = request.getfixturevalue("smoke_synthetic_run")  # the conftest's full run, shared with test_sweep
+    else:
+        data_dir = request.getfixturevalue("ham_dir" if dataset == "ham10000" else "bm_dir")
+        run = pipeline.run_pipeline("smoke", dataset=dataset, data_dir=data_dir, run_dir=tmp_path / "run",
+                                    only=only, progress=False)
     books = ALL if only is None else [b for b in ALL if b[:2] in only]
     m = _check_run(run, dataset, books)
     assert m["complete"] == (only is None)
@@ -89,6 +90,28 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path):
         pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", progress=False, notebook_dir=nbdir)
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert m["stages"]["01_fail.ipynb"]["status"] == "failed"
+
+
+def test_cell_past_the_time_limit_fails_with_the_cell_named(tmp_path, monkeypatch):
+    """A hung cell must fail its run (and its test) instead of stalling a sweep or the CI suite."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    cells = [nbformat.v4.new_code_cell("SEED = 0  # seed"), nbformat.v4.new_code_cell("import time"),
+             nbformat.v4.new_code_cell("time.sleep(600)  # a cell that never ends in time")]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbdir / "01_hang.ipynb")
+    monkeypatch.setenv("IMPROVE_CELL_TIMEOUT", "3")
+    with pytest.raises(pipeline.StudyRunError, match=r"01_hang.ipynb: cell 3 \('time.sleep\(600\).*IMPROVE_CELL_TIMEOUT=3 s"):
+        pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", progress=False, notebook_dir=nbdir)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["01_hang.ipynb"]["status"] == "failed"
+    for bad in ("soon", "1e"):
+        monkeypatch.setenv("IMPROVE_CELL_TIMEOUT", bad)
+        with pytest.raises(StudyInputError, match="IMPROVE_CELL_TIMEOUT"):
+            pipeline.cell_timeout()
+    monkeypatch.setenv("IMPROVE_CELL_TIMEOUT", "0")
+    assert pipeline.cell_timeout() is None
 
 
 def test_cli_reports_errors(tmp_path, capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 
 from improve_lib import manifest, pipeline, sweep
 from improve_lib.cli import main
@@ -258,24 +259,33 @@ def test_resume_with_force_reruns_from_the_first_changed_notebook(tiny_notebooks
 # ---------------------------------------------------------------------- the real notebooks, smoke scale
 
 @pytest.mark.slow
-def test_smoke_sweep_2x2_and_comparison_notebook(tmp_path):
-    """A 2x2 sweep of the sampling notebook's parameters on the smoke profile (to 06, for CI time): 01-04
-    run once and are shared by the four runs; 08 renders the comparison table."""
-    spec = _spec(grid={"GUIDANCE_SCALE": [0, 2], "ETA": [0, 1]}, seeds=[0], from_nb="05", to_nb="06")
+def test_smoke_sweep_2x2_and_comparison_notebook(smoke_synthetic_run, tmp_path):
+    """A 2x2 sweep on the smoke profile (to 06, for CI time) over one sampling and one evaluation
+    parameter. A plain run of the same settings placed in the sweep folder lends its 01-04 (equal stage
+    keys: the same computation), 05 runs once per guidance scale, 06 in every run; 08 renders the table."""
+    shutil.copytree(smoke_synthetic_run, tmp_path / "sw" / "plain-run")
+    spec = _spec(grid={"GUIDANCE_SCALE": [0, 2], "EVAL_EPOCHS": [1, 2]}, seeds=[0], from_nb="05", to_nb="06")
     sw, outcomes = sweep.run_sweep(spec, tmp_path / "sw", progress=False)
     assert [o.status for o in outcomes] == ["done"] * 4, sweep.report(outcomes)
-    reused = [manifest.load(sw / o.run.name)["stages"]["04_train_diffusion.ipynb"].get("reused_from") for o in outcomes]
-    assert reused == [None] + ["guidance_scale_0-eta_0-seed0"] * 3
+    names = [o.run.name for o in outcomes]
+    assert names[:2] == ["guidance_scale_0-eval_epochs_1-seed0", "guidance_scale_0-eval_epochs_2-seed0"]
+    ran_from = {}
     for o in outcomes:
+        stages = manifest.load(sw / o.run.name)["stages"]
+        ran_from[o.run.name] = next(nb[:2] for nb, st in stages.items() if not st.get("reused_from"))
+        assert all(st["status"] == "done" for st in stages.values())
         info = json.loads((sw / o.run.name / "samples" / "prototype" / "sampling.json").read_text())
-        assert info["guidance_scale"] == o.run.point["GUIDANCE_SCALE"] and info["eta"] == o.run.point["ETA"]
-        assert manifest.load(sw / o.run.name)["stages"]["06_evaluate.ipynb"]["status"] == "done"
+        assert info["guidance_scale"] == o.run.point["GUIDANCE_SCALE"]
+        assert yaml.safe_load((sw / o.run.name / "params.yaml").read_text())["EVAL_EPOCHS"] == o.run.point["EVAL_EPOCHS"]
+    # a new evaluation setting reuses the samples of its guidance scale; a new guidance scale reuses 01-04
+    assert [ran_from[n] for n in names] == ["05", "06", "05", "06"]
+    assert manifest.load(sw / names[0])["stages"]["04_train_diffusion.ipynb"]["reused_from"] == "plain-run"
     nb = nbformat.read(sw / "08_compare_runs.ipynb", as_version=4)
     text = "\n".join(str(out.get("data", {}).get("text/markdown", "")) for c in nb.cells for out in c.get("outputs", []))
-    assert "TSTR macro F1 % (prototype)" in text and "GUIDANCE_SCALE=2, ETA=1" in text
+    assert "TSTR macro F1 % (prototype)" in text and "GUIDANCE_SCALE=2, EVAL_EPOCHS=2" in text
     summary = (sw / "comparison" / "summary.csv").read_text()
     assert "nearest-prototype test accuracy %" in summary and (sw / "comparison" / "comparison.png").is_file()
-    shutil.rmtree(sw / "guidance_scale_2-eta_1-seed0")  # a comparison of what is left still renders
+    shutil.rmtree(sw / "guidance_scale_2-eval_epochs_2-seed0")  # a comparison of what is left still renders
     sweep.render_comparison(sw, progress=False)
 
 
