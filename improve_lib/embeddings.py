@@ -457,8 +457,8 @@ def save_embeddings(path, paths, labels, class_names, vectors, encoder_id: str) 
 
 def load_embeddings(path) -> dict:
     """Read a ``save_embeddings`` file: dict with paths (list[str]), labels (int64 [N]),
-    class_names (list[str]), vectors (float32 [N, D]) and encoder_id (str); shapes and finiteness
-    are checked."""
+    class_names (list[str]), vectors (float32 [N, D]), encoder_id (str) and file (the path it was read
+    from, for error messages); shapes and finiteness are checked."""
     path = Path(path)
     if not path.is_file():
         raise StudyInputError(f"{path}: embeddings file not found")
@@ -475,7 +475,7 @@ def load_embeddings(path) -> dict:
     data = _validate(data, path)
     return {"paths": [str(p) for p in data["paths"]], "labels": data["labels"].astype(np.int64),
             "class_names": [str(c) for c in data["class_names"]], "vectors": data["vectors"],
-            "encoder_id": str(data["encoder_id"])}
+            "encoder_id": str(data["encoder_id"]), "file": str(path)}
 
 
 def _validate(d: dict, path: Path) -> dict:
@@ -498,11 +498,12 @@ def check_class_sets(emb: dict, split_class_names: Sequence[str]) -> None:
     """Raise StudyInputError unless the embeddings were made for exactly the split's classes, in the
     same order (labels index ``class_names``)."""
     have, want = list(emb["class_names"]), list(split_class_names)
+    where = emb.get("file", "embeddings")  # which file (train.npz or test.npz) is at fault
     if set(have) != set(want):
         raise StudyInputError(
-            f"embeddings class_names differ from the split's: missing {sorted(set(want) - set(have))}, "
-            f"extra {sorted(set(have) - set(want))}; recompute the embeddings for this split")
+            f"{where}: class_names differ from the split's: missing {sorted(set(want) - set(have))}, "
+            f"extra {sorted(set(have) - set(want))}; recompute the embeddings for this split (notebook 02)")
     if have != want:
         raise StudyInputError(
-            f"embeddings class_names are in order {have} but the split's are {want}; labels would not "
-            f"match: recompute the embeddings for this split")
+            f"{where}: class_names are in order {have} but the split's are {want}; labels would not "
+            f"match: recompute the embeddings for this split (notebook 02)")

@@ -217,28 +217,15 @@ def _load_train_images(run_dir: Path, resolution: int) -> tuple[torch.Tensor, to
 
 
 def _read_class_embeddings(run_dir: Path) -> tuple[torch.Tensor, list[str], Path]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """The run's ``prototypes/class_embeddings.safetensors`` (checked by the prototypes module's reader),
+    with a missing file pointed at notebook 03."""
+    from .prototypes import load_class_embeddings
 
     path = run_dir / "prototypes" / "class_embeddings.safetensors"
     if not path.is_file():
         raise StudyInputError(f"{path} not found: run notebook 03_prototypes for this RUN_DIR first")
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        names = json.loads(meta["class_names"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise StudyInputError(f"{path}: metadata 'class_names' (a JSON list) is missing or invalid ({exc})") from None
-    except Exception as exc:  # safetensors raises its own error types on a damaged file
-        raise StudyInputError(f"{path} is not a readable safetensors file ({exc})") from None
-    if "class_embeddings" not in tensors:
-        raise StudyInputError(f"{path} has no tensor 'class_embeddings' (found {sorted(tensors)})")
-    emb = tensors["class_embeddings"].float()
-    if emb.ndim != 2 or emb.shape[0] != len(names):
-        raise StudyInputError(f"{path}: 'class_embeddings' has shape {tuple(emb.shape)}; expected "
-                              f"[C={len(names)}, D] matching metadata class_names")
-    return emb, list(names), path
+    emb, names, _ = load_class_embeddings(path)
+    return emb, names, path
 
 
 def class_table_for(cfg: Mapping[str, Any], class_names: list[str]) -> tuple[torch.Tensor | None, int]:

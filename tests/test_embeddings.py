@@ -211,9 +211,9 @@ def test_embeddings_file_round_trip_and_validation(tmp_path):
     emb = load_embeddings(path)
     assert emb["paths"] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"] and emb["class_names"] == ["BLA", "EOS"]
     assert emb["encoder_id"] == "efficientnet-lite0" and np.array_equal(emb["vectors"], vectors)
-    assert emb["labels"].tolist() == [0, 1, 1, 0]
+    assert emb["labels"].tolist() == [0, 1, 1, 0] and emb["file"] == str(path)
     check_class_sets(emb, ["BLA", "EOS"])
-    with pytest.raises(StudyInputError, match=r"missing \['LYT'\], extra \['EOS'\]"):
+    with pytest.raises(StudyInputError, match=r"train.npz: class_names .*missing \['LYT'\], extra \['EOS'\]"):
         check_class_sets(emb, ["BLA", "LYT"])
     with pytest.raises(StudyInputError, match="order"):
         check_class_sets(emb, ["EOS", "BLA"])
