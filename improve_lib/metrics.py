@@ -220,8 +220,12 @@ def train_classifier(images, labels, num_classes: int, arch: str = "resnext50_32
     seconds."""
     x = _check_images(images, "train images")
     y = torch.as_tensor(_check_labels(labels, x.shape[0], num_classes, "train labels"))
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise StudyInputError(f"expected epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    # named as notebook 06's parameters, since that is where a user sets them
+    bad = [f"{name}={value!r} (expected {rule})" for name, value, ok, rule in (
+        ("EVAL_EPOCHS", epochs, epochs >= 1, ">= 1"), ("EVAL_BATCH_SIZE", batch_size, batch_size >= 1, ">= 1"),
+        ("EVAL_LR", lr, lr > 0, "> 0")) if not ok]
+    if bad:
+        raise StudyInputError("TSTR classifier: " + "; ".join(bad))
     dev = _default_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -344,7 +348,7 @@ def bootstrap_indices(y_true, n_boot: int, seed: int = 0, stratified: bool = Tru
     if len(y) == 0:
         raise StudyInputError("y_true: the test split is empty (expected real test images)")
     if n_boot < 1:
-        raise StudyInputError(f"n_boot={n_boot}: expected >= 1")
+        raise StudyInputError(f"N_BOOT={n_boot}: expected >= 1 bootstrap resamples")
     rng = np.random.default_rng(seed)
     if not stratified:
         return rng.integers(0, len(y), size=(n_boot, len(y)))

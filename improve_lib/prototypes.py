@@ -164,10 +164,13 @@ def train_prototypes(
         raise StudyInputError(f"PROJECTION={projection!r}: expected one of {PROJECTIONS}")
     if not (isinstance(k, int) and k >= 1):
         raise StudyInputError(f"K={k!r}: expected an integer >= 1")
-    if not gamma > 0 or not lam >= 0 or not lr > 0 or epochs < 1 or batch_size < 1:
-        raise StudyInputError(
-            f"expected GAMMA > 0, LAMBDA >= 0, lr > 0, epochs >= 1, batch_size >= 1; "
-            f"got {gamma}, {lam}, {lr}, {epochs}, {batch_size}")
+    # named as notebook 03's parameters, since that is where a user sets them
+    bad = [f"{name}={value!r} (expected {rule})" for name, value, ok, rule in (
+        ("GAMMA", gamma, gamma > 0, "> 0"), ("LAMBDA", lam, lam >= 0, ">= 0"), ("PROTO_LR", lr, lr > 0, "> 0"),
+        ("PROTO_EPOCHS", epochs, epochs >= 1, ">= 1"), ("PROTO_BATCH_SIZE", batch_size, batch_size >= 1, ">= 1"))
+        if not ok]
+    if bad:
+        raise StudyInputError("prototype learning: " + "; ".join(bad))
     counts = torch.bincount(y, minlength=c)
     short = {class_names[i]: int(counts[i]) for i in range(c) if counts[i] < k}
     if short:

@@ -102,6 +102,8 @@ def test_paired_bootstrap_identical_and_clearly_better():
 def test_empty_test_split_is_an_input_error():
     with pytest.raises(StudyInputError, match="empty"):
         bootstrap_ci([], [], accuracy, n_boot=10)
+    with pytest.raises(StudyInputError, match="N_BOOT=0"):
+        bootstrap_ci([0, 1], [0, 1], accuracy, n_boot=0)
 
 
 # ----------------------------------------------------------------------------- embedding space
@@ -238,3 +240,5 @@ def test_tstr_rejects_empty_test_split_and_bad_images():
                     progress=False)
     with pytest.raises(StudyInputError, match=r"\[0, 1\]"):
         tstr_scores({"real": (x * 2 - 1, y)}, x, y, CLASSES, arch="small_cnn", epochs=1, progress=False)
+    with pytest.raises(StudyInputError, match=r"TSTR classifier: EVAL_LR=0\.0 \(expected > 0\)$"):
+        tstr_scores({"real": (x, y)}, x, y, CLASSES, arch="small_cnn", epochs=1, lr=0.0, progress=False)

@@ -113,6 +113,9 @@ def test_non_finite_and_bad_inputs_are_rejected():
         train_prototypes(x, y + 1, ["a", "b", "c"], epochs=1, progress=False)
     with pytest.raises(StudyInputError, match="PROJECTION"):
         train_prototypes(x, y, ["a", "b", "c"], projection="mlp", epochs=1, progress=False)
+    # settings are named as notebook 03's parameters, only the wrong ones
+    with pytest.raises(StudyInputError, match=r"GAMMA=0 \(expected > 0\); PROTO_EPOCHS=0 \(expected >= 1\)$"):
+        train_prototypes(x, y, ["a", "b", "c"], gamma=0, epochs=0, progress=False)
 
 
 def test_training_is_deterministic_for_a_seed():
