@@ -206,18 +206,29 @@ def stage_keys(params: dict[str, Any], notebooks: list[Path]) -> dict[str, str]:
     return keys
 
 
-def _failed_cell(executed: Path) -> str:
-    """'cell N (first line)' of the failing cell, numbered as in the source notebook (1-based)."""
+def _cell_in(executed: Path, failed: bool) -> str:
+    """'cell N (first line)' of a cell of the executed copy, numbered as in the source notebook
+    (1-based): with ``failed`` the first code cell with an error output, else the last cell papermill
+    records as started (the one running when the time ran out or the kernel died; papermill marks even
+    that one completed)."""
     import nbformat
 
-    nb = nbformat.read(executed, as_version=4)
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError):
+        return "an unknown cell"
     added = {"injected-parameters", "papermill-error-cell-tag"}  # cells papermill adds
-    cells = [c for c in nb.cells if not added & set(c.metadata.get("tags", []))]
-    for i, c in enumerate(cells, start=1):
-        if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", [])):
-            first = next((line for line in c.source.splitlines() if line.strip()), "")
-            return f"cell {i} ({first[:60]!r})"
-    return "an unknown cell"
+    cells = list(enumerate((c for c in nb.cells if not added & set(c.metadata.get("tags", []))), start=1))
+    if failed:
+        hits = [(i, c) for i, c in cells
+                if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", []))][:1]
+    else:
+        hits = [(i, c) for i, c in cells if c.metadata.get("papermill", {}).get("start_time")][-1:]
+    if not hits:
+        return "an unknown cell"
+    i, c = hits[0]
+    first = next((line for line in c.source.splitlines() if line.strip()), "")
+    return f"cell {i} ({first[:60]!r})"
 
 
 def cell_timeout() -> float | None:
@@ -230,24 +241,6 @@ def cell_timeout() -> float | None:
     except ValueError:
         raise StudyInputError(f"IMPROVE_CELL_TIMEOUT={raw!r} must be a number of seconds") from None
     return value if value > 0 else None
-
-
-def _running_cell(executed: Path) -> str:
-    """'cell N (first line)' of the last cell the executed copy records as started (the one that was
-    running when the time ran out or the kernel died; papermill marks even that one completed)."""
-    import nbformat
-
-    try:
-        nb = nbformat.read(executed, as_version=4)
-    except (OSError, ValueError):
-        return "an unknown cell"
-    cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
-    started = [(i, c) for i, c in enumerate(cells, start=1) if c.metadata.get("papermill", {}).get("start_time")]
-    if not started:
-        return "an unknown cell"
-    i, c = started[-1]
-    first = next((line for line in c.source.splitlines() if line.strip()), "")
-    return f"cell {i} ({first[:60]!r})"
 
 
 def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], progress: bool = True) -> Path:
@@ -264,16 +257,16 @@ def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], prog
                                    execution_timeout=limit)
     except papermill.PapermillExecutionError as exc:
         raise StudyRunError(
-            f"notebook {notebook.name} failed in {_failed_cell(out)} with {exc.ename}: {exc.evalue}\n"
+            f"notebook {notebook.name} failed in {_cell_in(out, failed=True)} with {exc.ename}: {exc.evalue}\n"
             f"executed copy with the traceback: {out}"
         ) from None
     except CellTimeoutError:
         raise StudyRunError(
-            f"notebook {notebook.name}: {_running_cell(out)} ran longer than IMPROVE_CELL_TIMEOUT={limit:g} s; "
+            f"notebook {notebook.name}: {_cell_in(out, failed=False)} ran longer than IMPROVE_CELL_TIMEOUT={limit:g} s; "
             f"executed copy up to that cell: {out}"
         ) from None
     except DeadKernelError as exc:
-        raise StudyRunError(f"notebook {notebook.name}: the kernel died in {_running_cell(out)} ({exc}); "
+        raise StudyRunError(f"notebook {notebook.name}: the kernel died in {_cell_in(out, failed=False)} ({exc}); "
                             f"executed copy up to that cell: {out}") from None
     return out
 

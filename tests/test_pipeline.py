@@ -77,15 +77,20 @@ def test_refuses_non_empty_run_dir_and_bad_input_leaves_nothing(tmp_path, ham_di
     assert not (tmp_path / "r3").exists() and not (tmp_path / "r4").exists()
 
 
-def test_failing_notebook_is_named_with_its_cell(tmp_path):
+def _one_notebook(tmp_path, name: str, *code: str):
+    """A folder holding one notebook: a parameters cell (SEED) followed by the given code cells."""
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
-    cells = [nbformat.v4.new_code_cell("SEED = 0  # seed"), nbformat.v4.new_code_cell("x = 1"),
-             nbformat.v4.new_code_cell("raise ValueError('boom here')")]
+    cells = [nbformat.v4.new_code_cell("SEED = 0  # seed"), *map(nbformat.v4.new_code_cell, code)]
     cells[0].metadata["tags"] = ["parameters"]
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, nbdir / "01_fail.ipynb")
+    nbformat.write(nb, nbdir / name)
+    return nbdir
+
+
+def test_failing_notebook_is_named_with_its_cell(tmp_path):
+    nbdir = _one_notebook(tmp_path, "01_fail.ipynb", "x = 1", "raise ValueError('boom here')")
     with pytest.raises(pipeline.StudyRunError, match=r"01_fail.ipynb failed in cell 3 \(\"raise ValueError.*ValueError: boom here"):
         pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", progress=False, notebook_dir=nbdir)
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
@@ -94,14 +99,7 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path):
 
 def test_cell_past_the_time_limit_fails_with_the_cell_named(tmp_path, monkeypatch):
     """A hung cell must fail its run (and its test) instead of stalling a sweep or the CI suite."""
-    nbdir = tmp_path / "nbs"
-    nbdir.mkdir()
-    cells = [nbformat.v4.new_code_cell("SEED = 0  # seed"), nbformat.v4.new_code_cell("import time"),
-             nbformat.v4.new_code_cell("time.sleep(600)  # a cell that never ends in time")]
-    cells[0].metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, nbdir / "01_hang.ipynb")
+    nbdir = _one_notebook(tmp_path, "01_hang.ipynb", "import time", "time.sleep(600)  # a cell that never ends in time")
     monkeypatch.setenv("IMPROVE_CELL_TIMEOUT", "3")
     with pytest.raises(pipeline.StudyRunError, match=r"01_hang.ipynb: cell 3 \('time.sleep\(600\).*IMPROVE_CELL_TIMEOUT=3 s"):
         pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", progress=False, notebook_dir=nbdir)
