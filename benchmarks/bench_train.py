@@ -30,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from improve_lib.models import build_unet, count_flops_per_step, model_config, noise_scheduler  # noqa: E402
+from improve_lib.parameters import notebook_defaults  # noqa: E402
 from improve_lib.train import train  # noqa: E402
 
 
@@ -107,11 +108,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         make_images(run_dir, 64, args.resolution)
-        cfg = {"RUN_DIR": str(run_dir), "ARM": "baseline", "RESOLUTION": args.resolution, "BASE_CHANNELS": base,
+        cfg = {**notebook_defaults("04"), "RUN_DIR": str(run_dir), "ARM": "baseline", "RESOLUTION": args.resolution, "BASE_CHANNELS": base,
                "CHANNEL_MULT": [c // base for c in args.channels], "LAYERS_PER_BLOCK": args.layers,
                "DROPOUT": 0.0, "COND_DIM": args.cond_dim, "NORM_GROUPS": args.norm_groups,
                "ATTENTION": args.attention, "BATCH_SIZE": args.batch, "CHECKPOINT_EVERY": 10 ** 9,
-               "SAMPLE_STEPS": 1, "SAMPLE_PER_CLASS": 1, "PROGRESS": False, "CPU": not args.gpu,
+               "SAMPLE_EVERY": 0, "SAMPLE_STEPS": 1, "SAMPLE_PER_CLASS": 1, "WARMUP_STEPS": 0, "EPOCHS": None, "PROGRESS": False, "CPU": not args.gpu,
                "MIXED_PRECISION": "auto" if args.gpu else "no"}
         model = build_unet(model_config(cfg), 2)
         params = sum(p.numel() for p in model.parameters())

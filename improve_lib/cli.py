@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import sweep
 from .errors import StudyInputError
+from .parameters import parse_sets
 from .pipeline import StudyRunError, run_pipeline
 
 
@@ -50,16 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    from .pipeline import parse_sets
-
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "compare":
-        from .sweep import render_comparison
-
         try:
-            print(f"comparison: {render_comparison(args.sweep_dir)}")
+            print(f"comparison: {sweep.render_comparison(args.sweep_dir)}")
         except (StudyInputError, StudyRunError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, StudyInputError) else 1
@@ -78,9 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(args) -> int:
-    from . import sweep
-    from .pipeline import parse_sets
-
     try:
         preset = sweep.load_preset(args.preset) if args.preset else None
         spec = sweep.spec_from(preset, profile=args.profile, dataset=args.dataset, data_dir=args.data_dir,

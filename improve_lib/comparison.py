@@ -14,12 +14,14 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import yaml
+from scipy import stats
 
-from . import manifest
+from . import literature, manifest
 from .errors import StudyInputError
-from .evaluation import PAPER_PLAUSIBILITY, PAPER_TSTR
 
 # metric name -> (unit text, paper table it corresponds to or None)
 METRICS = {
@@ -81,8 +83,6 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     rows, grid_keys = [], []
     spec_path = sweep_dir / "sweep.yaml"
     if spec_path.is_file():  # the grid's own order (manifests store keys sorted)
-        import yaml
-
         grid_keys = list((yaml.safe_load(spec_path.read_text()) or {}).get("grid") or {})
     for run_dir in sorted(p for p in sweep_dir.iterdir() if (p / manifest.MANIFEST).is_file()):
         m = manifest.load(run_dir)
@@ -110,8 +110,6 @@ def _hashable(value):
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval over seeds (``nan`` bounds for a single seed)."""
-    from scipy import stats
-
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if len(x) == 0:
         return (math.nan, math.nan, math.nan)
@@ -176,15 +174,16 @@ def paper_reference(dataset: str) -> dict[str, list[dict]]:
     """The paper's numbers that can be drawn as reference lines: ``{metric: [{dataset, arm, value,
     label}]}``. For a dataset of the paper (ham10000, bone_marrow) its own numbers; for others both
     datasets' numbers, labelled as other data (the paper has no synthetic-cell results)."""
-    names = [dataset] if dataset in PAPER_TSTR else list(PAPER_TSTR)
-    suffix = "" if dataset in PAPER_TSTR else ", other data"
+    known = literature.paper_datasets()
+    names = [dataset] if dataset in known else known
+    suffix = "" if dataset in known else ", other data"
     ref: dict[str, list[dict]] = {"TSTR macro F1 %": [], "objective plausibility %": []}
     for ds in names:
-        for arm, v in PAPER_TSTR[ds]["f1"].items():
+        for arm, v in literature.tstr(ds)["f1"].items():
             ref["TSTR macro F1 %"].append({"dataset": ds, "arm": arm, "value": v,
                                            "label": f"paper {ds} {arm}{suffix}"})
         for arm in ("baseline", "prototype"):
-            ref["objective plausibility %"].append({"dataset": ds, "arm": arm, "value": PAPER_PLAUSIBILITY[ds][arm],
+            ref["objective plausibility %"].append({"dataset": ds, "arm": arm, "value": literature.plausibility(ds)[arm],
                                                     "label": f"paper {ds} experts, {arm}{suffix}"})
     return ref
 
@@ -193,8 +192,6 @@ def figure(long: pd.DataFrame, summary: pd.DataFrame, grid_keys: Sequence[str], 
            metrics: Sequence[str] = DEFAULT_PLOT_METRICS, level: float = 0.95):
     """One panel per metric: mean and t-interval over seeds per grid point (one colour per arm), each
     seed as a dot, the paper's numbers as dashed reference lines."""
-    import matplotlib.pyplot as plt
-
     metrics = [m for m in metrics if m in set(summary.metric)]
     if not metrics:
         raise StudyInputError(f"none of the metrics {list(metrics)} was found in the sweep's runs")
@@ -223,7 +220,7 @@ def figure(long: pd.DataFrame, summary: pd.DataFrame, grid_keys: Sequence[str], 
                 raw = long[(long.metric == metric) & (long.arm == arm)
                            & np.logical_and.reduce([long[k] == v for k, v in zip(grid_keys, row)])]
                 ax.scatter(np.full(len(raw), x + 0.08), raw["value"], s=12, color=colour, alpha=0.45)
-        styles = {ds: st for ds, st in zip(PAPER_TSTR, ("--", ":"))}
+        styles = {ds: st for ds, st in zip(literature.paper_datasets(), ("--", ":"))}
         for r in ref.get(metric, []):  # the arm's colour, one line style per dataset of the paper
             colour = colours[arms.index(r["arm"]) % len(colours)] if r["arm"] in arms else "0.4"
             ax.axhline(r["value"], color=colour, linestyle=styles.get(r["dataset"], "--"), linewidth=1,

@@ -33,9 +33,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from improve_lib.data.images import center_crop_resize, open_rgb
-from improve_lib.errors import StudyInputError
-from improve_lib.io import atomic_path, atomic_write_text, sha256_file
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from tqdm.auto import tqdm
+
+from .data.images import center_crop_resize, open_rgb
+from .errors import StudyInputError
+from .io import atomic_path, atomic_write_text, load_state_dict_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +132,6 @@ def _load_open_clip(arch: str, pretrained: str, device: str) -> Encoder:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from .io import load_state_dict_file
-
     return load_state_dict_file(path, "ENCODER")
 
 
@@ -310,8 +311,6 @@ class EfficientNetLite0(nn.Module):
     def fuse_batchnorm(self) -> "EfficientNetLite0":
         """Fold every BatchNorm into the conv before it (inference only; same outputs, ~15 % faster
         on CPU where these element-wise passes are memory bound)."""
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
         self.eval()
         for owner, pairs in [(self, [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")])] + \
                 [(b, b.conv_bn_pairs()) for b in self._blocks]:
@@ -418,7 +417,6 @@ def embed_paths(paths: Sequence, encoder: Encoder, cache_dir=None, batch_size: i
     items = list(todo.items())
     bar = None
     if progress and items:
-        from tqdm.auto import tqdm
         bar = tqdm(total=len(items), desc=f"embed ({encoder.id[:40]})", unit="img")
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]

@@ -5,23 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
+from . import data, literature, sample
 from .errors import StudyInputError
 from .io import atomic_path
-
-# Literature values, IMPROVE Tables 3-6 (single numbers, no uncertainty reported). Percent.
-PAPER_TSTR = {
-    "bone_marrow": {"table": "Table 5 (Bone Marrow, ResNeXt-50)",
-                    "f1": {"baseline": 63.40, "prototype": 74.58, "real": 79.66}},
-    "ham10000": {"table": "Table 6 (HAM10000, ResNeXt-50)",
-                 "f1": {"baseline": 71.10, "prototype": 75.08, "real": 85.91}},
-}
-PAPER_PLAUSIBILITY = {
-    "ham10000": {"table": "Table 3 (HAM10000, dermatologist)", "baseline": 48.8, "prototype": 60.0},
-    "bone_marrow": {"table": "Table 4 (Bone Marrow, pathologist)", "baseline": 48.07, "prototype": 62.57},
-}
 
 
 def train_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[str], n_per_class: int,
@@ -31,8 +22,6 @@ def train_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[s
     Generated images come from ``samples/<arm>/`` (checked: every class, at least ``n_per_class``);
     the real training and test images from the run's split, at the run's resolution.
     """
-    from . import data, sample
-
     table = data.read_split(run_dir)
     test = table[table.split == "test"]
     if test.empty:
@@ -49,7 +38,7 @@ def train_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[s
 def with_paper(tstr: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Add the paper's F1 (literature value, labelled) beside this run's, where the paper has one."""
     out = tstr.reset_index() if tstr.index.name == "training_set" else tstr.copy()
-    paper = PAPER_TSTR.get(dataset)
+    paper = literature.tstr(dataset)
     col = f"paper F1 % ({paper['table']})" if paper else "paper F1 %"
     out[col] = [paper["f1"].get(n, np.nan) if paper else np.nan for n in out["training_set"]]
     return out
@@ -69,9 +58,6 @@ def save_table(df: pd.DataFrame, run_dir: str | Path, name: str) -> dict[str, Pa
 def tstr_figure(tstr: pd.DataFrame, dataset: str):
     """Bar chart of macro precision/recall/F1 per training set with bootstrap intervals; the paper's
     F1 as black ticks where it exists."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     rows = []
     for r in tstr.itertuples():
         for m in ("precision", "recall", "f1"):
@@ -85,7 +71,7 @@ def tstr_figure(tstr: pd.DataFrame, dataset: str):
             x = patch.get_x() + patch.get_width() / 2
             ax.errorbar(x, row.value, yerr=[[row.value - row.low], [row.high - row.value]], color="black",
                         capsize=3, linewidth=1)
-    paper = PAPER_TSTR.get(dataset)
+    paper = literature.tstr(dataset)
     if paper:
         for patch_group, (name, _) in zip(ax.containers, df.groupby("training set", sort=False)):
             if name in paper["f1"]:

@@ -9,6 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+from safetensors.torch import load_file
+
+from .errors import StudyInputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -51,17 +56,11 @@ def load_state_dict_file(path: str | os.PathLike, what: str) -> dict:
     Torch files load with ``weights_only=True``: a checkpoint from elsewhere must not run pickled code.
     ``what`` names the parameter in error messages (e.g. ``"ENCODER"``, ``"CLASSIFIER_WEIGHTS"``).
     """
-    import torch
-
-    from .errors import StudyInputError
-
     path = Path(path)
     if not path.is_file():
         raise StudyInputError(f"{what}: weights file {path} not found (expected a .safetensors or .pt/.pth state dict)")
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
             sd = load_file(str(path))
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)

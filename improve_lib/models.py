@@ -29,60 +29,51 @@ so that the UNet stays narrow on a CPU while the table stays frozen and both arm
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
+import yaml
+from diffusers import UNet2DConditionModel
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import StudyInputError
+from .parameters import as_float, as_int, one_of, require
 
-# Paper values (section 4.2) where the paper gives them; profiles override them.
-MODEL_DEFAULTS: dict[str, Any] = {
-    "SEED": 0,
-    "RESOLUTION": 64,
-    "BASE_CHANNELS": 64,
-    "CHANNEL_MULT": [1, 2, 4, 8],
-    "LAYERS_PER_BLOCK": 2,
-    "DROPOUT": 0.1,
-    "COND_DIM": None,  # None: the prototype dimension D (CLASS_EMBEDDING_MAP="none")
-    "NORM_GROUPS": 32,
-    "ATTENTION": False,  # self-attention at feature maps <= 16 px; off by default for CPU speed
-    "CLASS_EMBEDDING_COMBINE": "concat",  # "concat" (the paper's fig. 2) | "add" (ablation)
-}
-MODEL_KEYS = tuple(MODEL_DEFAULTS)
-CLASS_EMBEDDING_MAPS = ("none", "pca")
+# The model keys of notebook 04's parameters cell (their values live there, nowhere else).
+MODEL_KEYS = ("SEED", "RESOLUTION", "BASE_CHANNELS", "CHANNEL_MULT", "LAYERS_PER_BLOCK", "DROPOUT", "COND_DIM",
+              "NORM_GROUPS", "ATTENTION", "CLASS_EMBEDDING_COMBINE")
 CLASS_EMBEDDING_COMBINES = ("concat", "add")
 ATTENTION_MAX_SIZE = 16  # DDPM puts self-attention at the 16x16 feature maps
 
 
 def model_config(cfg: Mapping[str, Any], cond_dim: int | None = None) -> dict[str, Any]:
-    """The model keys of ``cfg`` with defaults filled in and types checked.
+    """The model keys of ``cfg`` (all of :data:`MODEL_KEYS`), types and ranges checked.
 
-    ``cond_dim`` (if given) fills a missing ``COND_DIM``. Raises :class:`StudyInputError` naming the
-    key on a bad value.
+    ``cond_dim`` (if given) fills a ``COND_DIM`` of None (the prototype width, see
+    :func:`improve_lib.prototypes.arm_class_table`). Raises :class:`StudyInputError` naming the key on a
+    missing or bad value.
     """
-    out = {k: v if cfg.get(k) is None else cfg[k] for k, v in MODEL_DEFAULTS.items()}
+    require(cfg, MODEL_KEYS, "the model config", "04_train_diffusion")
+    out = {k: cfg[k] for k in MODEL_KEYS}
     if out["COND_DIM"] is None:
         out["COND_DIM"] = cond_dim
     for key in ("SEED", "RESOLUTION", "BASE_CHANNELS", "LAYERS_PER_BLOCK", "NORM_GROUPS"):
-        out[key] = _as_int(out[key], key, minimum=0 if key == "SEED" else 1)
+        out[key] = as_int(out[key], key, minimum=0 if key == "SEED" else 1)
     if out["COND_DIM"] is None:
         raise StudyInputError("COND_DIM is not set and no prototype dimension is known to fill it; "
                               "set COND_DIM (e.g. 128) or CLASS_EMBEDDING_MAP='none' with a prototypes file")
-    out["COND_DIM"] = _as_int(out["COND_DIM"], "COND_DIM", minimum=1)
+    out["COND_DIM"] = as_int(out["COND_DIM"], "COND_DIM", minimum=1)
     mult = out["CHANNEL_MULT"]
     if isinstance(mult, (int, str)) or not len(mult):
         raise StudyInputError(f"CHANNEL_MULT must be a non-empty list of positive integers, got {mult!r}")
-    out["CHANNEL_MULT"] = [_as_int(m, "CHANNEL_MULT", minimum=1) for m in mult]
-    out["DROPOUT"] = float(out["DROPOUT"])
-    if not 0.0 <= out["DROPOUT"] < 1.0:
-        raise StudyInputError(f"DROPOUT must be in [0, 1), got {out['DROPOUT']}")
+    out["CHANNEL_MULT"] = [as_int(m, "CHANNEL_MULT", minimum=1) for m in mult]
+    out["DROPOUT"] = as_float(out["DROPOUT"], "DROPOUT", 0.0, 1.0, high_open=True)
     out["ATTENTION"] = bool(out["ATTENTION"])
-    if out["CLASS_EMBEDDING_COMBINE"] not in CLASS_EMBEDDING_COMBINES:
-        raise StudyInputError(f"CLASS_EMBEDDING_COMBINE must be one of {list(CLASS_EMBEDDING_COMBINES)}, "
-                              f"got {out['CLASS_EMBEDDING_COMBINE']!r}")
+    one_of(out["CLASS_EMBEDDING_COMBINE"], "CLASS_EMBEDDING_COMBINE", CLASS_EMBEDDING_COMBINES)
     channels = [out["BASE_CHANNELS"] * m for m in out["CHANNEL_MULT"]]
     bad = [c for c in channels if c % out["NORM_GROUPS"]]
     if bad:
@@ -95,19 +86,13 @@ def model_config(cfg: Mapping[str, Any], cond_dim: int | None = None) -> dict[st
     return out
 
 
-def _as_int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise StudyInputError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def build_unet(cfg: Mapping[str, Any], num_classes: int, class_table: torch.Tensor | None = None,
                freeze: bool = False):
     """Build the class-conditional ``UNet2DConditionModel`` of either arm.
 
     Args:
-        cfg: model keys (see :data:`MODEL_DEFAULTS`): RESOLUTION, BASE_CHANNELS, CHANNEL_MULT,
-            LAYERS_PER_BLOCK, DROPOUT, COND_DIM, NORM_GROUPS, ATTENTION and SEED.
+        cfg: the model keys (:data:`MODEL_KEYS`): RESOLUTION, BASE_CHANNELS, CHANNEL_MULT,
+            LAYERS_PER_BLOCK, DROPOUT, COND_DIM, NORM_GROUPS, ATTENTION, CLASS_EMBEDDING_COMBINE and SEED.
         num_classes: C; the table gets ``C + 1`` rows, row C being the zero null condition.
         class_table: ``[C, COND_DIM]`` rows copied into the table (prototype arm), or None to keep
             the default N(0, 1) init (baseline arm).
@@ -117,8 +102,6 @@ def build_unet(cfg: Mapping[str, Any], num_classes: int, class_table: torch.Tens
     give identical weights (both arms differ only in ``class_embedding.weight``) and the caller's
     global RNG is untouched.
     """
-    from diffusers import UNet2DConditionModel
-
     mc = model_config(cfg)
     if num_classes < 1:
         raise StudyInputError(f"num_classes must be >= 1, got {num_classes}")
@@ -179,68 +162,6 @@ def null_label(model) -> int:
     return int(model.config.num_class_embeds) - 1
 
 
-def prototype_class_table(class_embeddings: torch.Tensor, mode: str, cond_dim: int | None,
-                          train_vectors: np.ndarray | torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
-    """Turn per-class prototype vectors ``[C, D]`` into the UNet's table rows ``[C, COND_DIM]``.
-
-    ``mode="none"``: the prototypes themselves (``cond_dim`` must be None or D; the paper's setup).
-    ``mode="pca"``: a fixed linear map, fitted once: whitened PCA of ``train_vectors`` (the run's training
-    image embeddings ``[N, D]``) to ``cond_dim`` components (``random_state=seed`` for sklearn's randomized
-    solver on large inputs); the prototypes are projected through it. Being fixed, the map keeps the table
-    frozen and adds nothing the baseline lacks. Whitening gives every kept direction unit variance over
-    the training images, so no single direction dominates the table.
-
-    In both modes the result is rescaled by one scalar to RMS 1 over all entries, so it starts on the
-    same scale as the baseline's N(0, 1) init (the relative geometry of the prototypes is unchanged).
-    """
-    emb = torch.as_tensor(class_embeddings, dtype=torch.float64)
-    if emb.ndim != 2 or emb.shape[0] < 1:
-        raise StudyInputError(f"class_embeddings must be [C, D], got shape {tuple(emb.shape)}")
-    dim = emb.shape[1]
-    if mode == "none":
-        if cond_dim is not None and int(cond_dim) != dim:
-            raise StudyInputError(f"CLASS_EMBEDDING_MAP='none' uses the prototypes as they are, so COND_DIM "
-                                  f"must equal their dimension D={dim} (got COND_DIM={cond_dim}); "
-                                  f"use CLASS_EMBEDDING_MAP='pca' for a narrower table")
-        table = emb
-    elif mode == "pca":
-        from sklearn.decomposition import PCA
-
-        if train_vectors is None:
-            raise StudyInputError("CLASS_EMBEDDING_MAP='pca' needs the training embeddings "
-                                  "(embeddings/train.npz 'vectors'); run notebook 02 first")
-        vec = np.asarray(train_vectors, dtype=np.float64)
-        if vec.ndim != 2 or vec.shape[1] != dim:
-            raise StudyInputError(f"training embeddings have shape {vec.shape}; expected [N, D={dim}] "
-                                  f"like the prototypes")
-        if cond_dim is None or not 1 <= int(cond_dim) <= min(vec.shape):
-            raise StudyInputError(f"COND_DIM={cond_dim} must be between 1 and min(N, D)={min(vec.shape)} "
-                                  f"for CLASS_EMBEDDING_MAP='pca' (N training embeddings, D={dim})")
-        pca = PCA(n_components=int(cond_dim), whiten=True, random_state=int(seed)).fit(vec)
-        table = torch.from_numpy(pca.transform(emb.numpy()))
-    else:
-        raise StudyInputError(f"CLASS_EMBEDDING_MAP must be one of {list(CLASS_EMBEDDING_MAPS)}, got {mode!r}")
-    rms = table.pow(2).mean().sqrt()
-    if not torch.isfinite(rms) or rms == 0:
-        raise StudyInputError("the class table is all zero or not finite; check the prototypes file")
-    return (table / rms).float()
-
-
-def noise_scheduler(cfg: Mapping[str, Any]):
-    """The training noise schedule: diffusers ``DDPMScheduler`` for epsilon prediction.
-
-    Keys: NUM_TRAIN_TIMESTEPS (1000), BETA_SCHEDULE ("linear" = DDPM's 1e-4..0.02, or
-    "squaredcos_cap_v2" = cosine). The DDIM sampler is built from this scheduler's config.
-    """
-    from diffusers import DDPMScheduler
-
-    schedule = cfg.get("BETA_SCHEDULE") or "linear"
-    if schedule not in ("linear", "squaredcos_cap_v2"):
-        raise StudyInputError(f"BETA_SCHEDULE must be 'linear' or 'squaredcos_cap_v2', got {schedule!r}")
-    steps = _as_int(cfg.get("NUM_TRAIN_TIMESTEPS") or 1000, "NUM_TRAIN_TIMESTEPS", minimum=2)
-    return DDPMScheduler(num_train_timesteps=steps, beta_schedule=schedule, prediction_type="epsilon")
-
-
 def state_dict_sha256(model) -> str:
     """sha256 over the model's state dict (sorted names, dtypes, shapes and bytes): equal iff equal weights."""
     h = hashlib.sha256()
@@ -258,8 +179,6 @@ def count_flops_per_step(model, batch: int, resolution: int) -> dict[str, int]:
     convolutions; norms and activations are not counted). Returns ``{"forward": f, "step": f+b}``;
     the step is typically ~3x the forward. Gradients are cleared afterwards.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = next(model.parameters()).device
     x = torch.randn(batch, 3, resolution, resolution, device=device)
     t = torch.randint(0, 1000, (batch,), device=device)
@@ -271,3 +190,32 @@ def count_flops_per_step(model, batch: int, resolution: int) -> dict[str, int]:
     model.zero_grad(set_to_none=True)
     f, b = fwd.get_total_flops(), bwd.get_total_flops()
     return {"forward": int(f), "step": int(f + b)}
+
+
+# ----------------------------------------------------------------------------------- a trained arm
+
+def arm_dir(run_dir, arm_name: str) -> Path:
+    """``RUN_DIR/models/<arm_name>``: where a training run writes everything."""
+    return Path(run_dir) / "models" / arm_name
+
+
+def load_trained(run_dir, arm: str, ema: bool = True) -> tuple[UNet2DConditionModel, list[str], dict[str, Any]]:
+    """Load a trained arm: ``(model, class_names, cfg)``.
+
+    ``arm`` is the folder name under ``models/`` (``prototype``, ``baseline`` or an ``ARM_NAME``). With
+    ``ema`` the EMA weights (``final/ema``) are loaded, else the raw ones; a run trained with EMA off has
+    only the raw ones, which are then its result. The class table's null row and freezing are restored
+    (``from_pretrained`` forgets both). The model is returned in eval mode on the CPU.
+    """
+    final = arm_dir(run_dir, arm) / "final"
+    if not (final / "config.json").is_file() or not (final / "train_config.yaml").is_file():
+        raise StudyInputError(f"no trained model for arm {arm!r} in {final}: run notebook 04_train_diffusion first")
+    cfg = yaml.safe_load((final / "train_config.yaml").read_text())
+    class_names = json.loads((final / "class_names.json").read_text())
+    path = final / "ema" if ema and (final / "ema" / "config.json").is_file() else final
+    if ema and path == final and float(cfg.get("EMA_DECAY") or 0) > 0:
+        raise StudyInputError(f"{final / 'ema'} is missing although the run used EMA; "
+                              f"rerun notebook 04_train_diffusion")
+    model = UNet2DConditionModel.from_pretrained(str(path), use_safetensors=True)
+    freeze_class_table(model, frozen=cfg.get("ARM") == "prototype" and bool(cfg.get("FREEZE_PROTOTYPES", True)))
+    return model.eval(), class_names, cfg

@@ -53,7 +53,7 @@ resolution, blur and the generator's own jitter (+-8 per RGB channel, stain hue/
   0.3-0.45 um and half transparent, below a pixel, so only "no coarse granules" is checked);
 * nucleoli: the rule's count, upper end + 1 (a nucleolus may show as two blobs).
 
-:func:`validation_table` is the check that these bands work: fresh images of every class judged
+:func:`improve_lib.plausibility.validation_table` is the check that these bands work: fresh images of every class judged
 against every class's rules. Measured on seeds never used for tuning: 40 per class (seeds 4242 at
 32 px, 4343 at 64 px, as in tests/test_morphology.py) gives 100 % on the diagonal and 0 % elsewhere;
 200 per class (seeds 900 and 901) gives >= 98.5 % (32 px) and >= 99.5 % (64 px) on the diagonal and
@@ -63,17 +63,14 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-from improve_lib.data.synthetic_cells import CLASSES, COMMON_RULES, FIELD_OF_VIEW_UM, RULES, image_rng, render_cell
-from improve_lib.errors import StudyInputError
+from .data.synthetic_cells import CLASSES, COMMON_RULES, FIELD_OF_VIEW_UM, RULES
+from .errors import StudyInputError
 
 __all__ = [
     "CRITERIA",
@@ -81,9 +78,6 @@ __all__ = [
     "measure",
     "tolerance_bands",
     "judge",
-    "check_images",
-    "validation_table",
-    "objective_plausibility_table",
 ]
 
 #: Criterion ids, the same as in ``criteria/synthetic.yaml``.
@@ -297,7 +291,41 @@ def measure(image, return_masks: bool = False) -> dict:
         return _nan_measures(res)
     sizes = _sizes(lab, n)
     seed = np.isin(lab, np.flatnonzero(sizes >= 0.25 * sizes.max()) + 1)
+    cell, radius = _cell(p, seed, res)
+    cell_area = float(cell.sum())
+    if cell_area < 4:
+        return _nan_measures(res)
+    nuc, cyto_ref = _nucleus(p, seed, nucleish, cell)
+    # Shape from the strict purple mask: the nearest-colour boundary closes the waist between lobes.
+    shape_mask = ndi.binary_fill_holes(nucleish & cell)
 
+    dark = p["dark"] & cell
+    orange = p["orange"] & cell & ~nuc
+    out = {"resolution": res, "cell_found": True,
+           "cell_diameter_um": 2.0 * radius / px_per_um,
+           "nucleus_fraction": float(nuc.sum()) / cell_area,
+           "n_lobes": _lobes(shape_mask),
+           "nucleus_solidity": _solidity(shape_mask),
+           "nucleus_elongation": _elongation(shape_mask),
+           "dark_fraction": float(dark.sum()) / cell_area,
+           "n_dark_granules": int(ndi.label(dark)[1]),
+           "orange_fraction": float(orange.sum()) / cell_area,
+           "n_orange_granules": int(ndi.label(orange)[1])}
+    if cyto_ref is not None:
+        out.update(cytoplasm_y=float(cyto_ref[0]), cytoplasm_i=float(cyto_ref[1]), cytoplasm_q=float(cyto_ref[2]),
+                   cytoplasm_hue_deg=_hue(cyto_ref), cytoplasm_chroma=float(math.hypot(cyto_ref[1], cyto_ref[2])))
+    else:
+        out.update({k: float("nan") for k in ("cytoplasm_y", "cytoplasm_i", "cytoplasm_q", "cytoplasm_hue_deg",
+                                              "cytoplasm_chroma")})
+    out["n_nucleoli"] = _nucleoli(p, nuc, res, px_per_um)
+    if return_masks:
+        out["cell_mask"] = cell
+        out["nucleus_mask"] = nuc
+    return out
+
+
+def _cell(p: dict, seed: np.ndarray, res: int) -> tuple[np.ndarray, float]:
+    """The cell disc (mask) and its radius in px, grown from the nucleus ``seed``."""
     # Cell: not background, not red cell, connected to the nucleus (the ring between a purple nucleus
     # and a salmon cytoplasm can pass through red-cell hues, hence the dilated seed).
     celllike = ~(p["bg"] | p["rbc"]) | seed
@@ -313,11 +341,11 @@ def measure(image, return_masks: bool = False) -> dict:
     # generated cells at 32 and 64 px, where it removes the mean bias).
     radius = max(radius - 0.3, 0.5)
     gy, gx = p["grid"]
-    cell = (gx - cx) ** 2 + (gy - cy) ** 2 <= radius ** 2
-    cell_area = float(cell.sum())
-    if cell_area < 4:
-        return _nan_measures(res)
+    return (gx - cx) ** 2 + (gy - cy) ** 2 <= radius ** 2, radius
 
+
+def _nucleus(p: dict, seed: np.ndarray, nucleish: np.ndarray, cell: np.ndarray):
+    """The nucleus mask and the cytoplasm's reference colour (None when no cytoplasm shows)."""
     # Nucleus: nearest of the cell's own nucleus and cytoplasm colours (an unbiased 50 % boundary).
     yiq = p["yiq"]
     core = seed & cell & p["nuc"]
@@ -346,52 +374,30 @@ def measure(image, return_masks: bool = False) -> dict:
         nuc = np.isin(lab, keep[keep > 0])
     else:
         nuc = nucleish & cell
-    nuc = ndi.binary_fill_holes(nuc)
-    # Shape from the strict purple mask: the nearest-colour boundary closes the waist between lobes.
-    shape_mask = ndi.binary_fill_holes(nucleish & cell)
+    return ndi.binary_fill_holes(nuc), cyto_ref
 
-    dark = p["dark"] & cell
-    orange = p["orange"] & cell & ~nuc
-    out = {"resolution": res, "cell_found": True,
-           "cell_diameter_um": 2.0 * radius / px_per_um,
-           "nucleus_fraction": float(nuc.sum()) / cell_area,
-           "n_lobes": _lobes(shape_mask),
-           "nucleus_solidity": _solidity(shape_mask),
-           "nucleus_elongation": _elongation(shape_mask),
-           "dark_fraction": float(dark.sum()) / cell_area,
-           "n_dark_granules": int(ndi.label(dark)[1]),
-           "orange_fraction": float(orange.sum()) / cell_area,
-           "n_orange_granules": int(ndi.label(orange)[1])}
-    if cyto_ref is not None:
-        out.update(cytoplasm_y=float(cyto_ref[0]), cytoplasm_i=float(cyto_ref[1]), cytoplasm_q=float(cyto_ref[2]),
-                   cytoplasm_hue_deg=_hue(cyto_ref), cytoplasm_chroma=float(math.hypot(cyto_ref[1], cyto_ref[2])))
-    else:
-        out.update({k: float("nan") for k in ("cytoplasm_y", "cytoplasm_i", "cytoplasm_q", "cytoplasm_hue_deg",
-                                              "cytoplasm_chroma")})
 
+def _nucleoli(p: dict, nuc: np.ndarray, res: int, px_per_um: float) -> int:
+    """Number of nucleoli: pale lilac blobs inside the eroded nucleus (module docstring)."""
     inner_nuc = ndi.binary_erosion(nuc, _CROSS, iterations=max(1, res // 32))
-    n_nucleoli = 0
-    if inner_nuc.sum() >= 3:
-        med = float(np.median(p["y"][inner_nuc]))
-        pale = inner_nuc & (p["y"] > max(1.2 * med, 110.0)) & (p["dh"] > 50) & (p["dh"] < 125)
-        # Pale gaps between a basophil's granules are cytoplasm, not nucleoli: drop blobs touching granules.
+    if inner_nuc.sum() < 3:
+        return 0
+    med = float(np.median(p["y"][inner_nuc]))
+    pale = inner_nuc & (p["y"] > max(1.2 * med, 110.0)) & (p["dh"] > 50) & (p["dh"] < 125)
+    # Pale gaps between a basophil's granules are cytoplasm, not nucleoli: drop blobs touching granules.
+    lab, n = ndi.label(pale)
+    if n and p["dark"].any():
+        near_dark = ndi.binary_dilation(p["dark"], _SQUARE, iterations=max(1, res // 32) + 1)
+        touching = np.unique(lab[near_dark & pale])
+        pale &= ~np.isin(lab, touching[touching > 0])
         lab, n = ndi.label(pale)
-        if n and p["dark"].any():
-            near_dark = ndi.binary_dilation(p["dark"], _SQUARE, iterations=max(1, res // 32) + 1)
-            touching = np.unique(lab[near_dark & pale])
-            pale &= ~np.isin(lab, touching[touching > 0])
-            lab, n = ndi.label(pale)
-        if n:
-            # Hysteresis: a nucleolus peaks >= 1.33 x the nucleus luma (lacy monocyte chromatin
-            # stays below 1.25 x) and covers at least 30 % of a 1.2 um disc.
-            peaks = ndi.maximum(p["y"], lab, index=np.arange(1, n + 1))
-            min_px = max(1, int(0.3 * math.pi * (0.6 * px_per_um) ** 2))
-            n_nucleoli = int(((np.asarray(peaks) >= 1.33 * med) & (_sizes(lab, n) >= min_px)).sum())
-    out["n_nucleoli"] = n_nucleoli
-    if return_masks:
-        out["cell_mask"] = cell
-        out["nucleus_mask"] = nuc
-    return out
+    if not n:
+        return 0
+    # Hysteresis: a nucleolus peaks >= 1.33 x the nucleus luma (lacy monocyte chromatin
+    # stays below 1.25 x) and covers at least 30 % of a 1.2 um disc.
+    peaks = ndi.maximum(p["y"], lab, index=np.arange(1, n + 1))
+    min_px = max(1, int(0.3 * math.pi * (0.6 * px_per_um) ** 2))
+    return int(((np.asarray(peaks) >= 1.33 * med) & (_sizes(lab, n) >= min_px)).sum())
 
 
 # ---- judging ------------------------------------------------------------------------------------
@@ -498,81 +504,3 @@ def judge(measures: dict, class_name: str) -> dict:
     ok = {k: bool(v) for k, v in ok.items()}
     return {"class_name": class_name, "plausible": all(ok.values()), "criteria": ok,
             "failed": [k for k in CRITERIA if not ok[k]], "colour_distance": dist}
-
-
-# ---- batches and tables -------------------------------------------------------------------------
-
-def check_images(paths: Sequence, intended_classes: Sequence[str] | str) -> pd.DataFrame:
-    """Measure and judge each image against its intended class.
-
-    ``intended_classes`` is one class for all images or one per image. Returns one row per image:
-    ``path``, ``intended_class``, ``plausible``, one bool column per criterion (``ok_<id>``),
-    ``failed`` (``;``-joined ids) and every measurement of :func:`measure`.
-    """
-    paths = list(paths)
-    classes = [intended_classes] * len(paths) if isinstance(intended_classes, str) else list(intended_classes)
-    if len(classes) != len(paths):
-        raise StudyInputError(f"morphology.check_images: {len(paths)} paths but {len(classes)} intended classes")
-    for c in set(classes):
-        if c not in RULES:
-            raise StudyInputError(f"morphology: unknown class {c!r}; valid classes are {', '.join(CLASSES)}")
-    rows = []
-    for path, cls in zip(paths, classes):
-        m = measure(path)
-        j = judge(m, cls)
-        row = {"path": str(path), "intended_class": cls, "plausible": j["plausible"]}
-        row.update({f"ok_{k}": v for k, v in j["criteria"].items()})
-        row["failed"] = ";".join(j["failed"])
-        row.update(m)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def validation_table(resolution: int = 32, n_per_class: int = 40, seed: int = 4242,
-                     classes: Iterable[str] = CLASSES) -> pd.DataFrame:
-    """Confusion table of the checker on freshly generated cells (rows: true class, columns: class
-    judged against, values: % judged plausible). A trustworthy checker has a high diagonal (>= 95 %)
-    and low off-diagonal (<= 10 %). Images are rendered in memory with
-    :func:`~improve_lib.data.synthetic_cells.image_rng` ``(seed, class, i)``; pick a seed not used to
-    tune the margins (0-11, 500 and 600 were).
-    """
-    classes = [c for c in CLASSES if c in set(classes)]
-    table = pd.DataFrame(0.0, index=pd.Index(classes, name="true class"),
-                         columns=pd.Index(classes, name="judged as"))
-    for true in classes:
-        for i in range(int(n_per_class)):
-            image, _ = render_cell(true, image_rng(seed, true, i), int(resolution))
-            m = measure(image)
-            for cls in classes:
-                table.loc[true, cls] += judge(m, cls)["plausible"]
-    return table * (100.0 / int(n_per_class))
-
-
-def objective_plausibility_table(run_dir, arms: Sequence[str] = ("baseline", "prototype"),
-                                 return_checks: bool = False):
-    """Table 4 with the pixel checker as the judge: per class and arm, % of generated images in
-    ``RUN_DIR/samples/<arm>/<class>/*.png`` judged plausible, with 95 % Wilson intervals, plus a
-    ``mean`` row (layout of :func:`improve_lib.review.plausibility_table`). Class folders must be
-    synthetic-cell classes. ``return_checks=True`` returns ``(table, per-image checks)``.
-    """
-    from improve_lib.review import tabulate_plausibility
-
-    run_dir = Path(run_dir)
-    frames = []
-    for arm in arms:
-        arm_dir = run_dir / "samples" / arm
-        if not arm_dir.is_dir():
-            raise StudyInputError(f"morphology: no samples for arm {arm!r}: {arm_dir} does not exist")
-        for class_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()):
-            files = sorted(class_dir.glob("*.png"))
-            if not files:
-                continue
-            checked = check_images(files, class_dir.name)
-            checked.insert(0, "arm", arm)
-            frames.append(checked)
-    if not frames:
-        raise StudyInputError(f"morphology: no PNG samples under {run_dir / 'samples'} for arms {list(arms)}")
-    checks = pd.concat(frames, ignore_index=True)
-    present = set(checks["intended_class"])
-    table = tabulate_plausibility(checks, list(arms), [c for c in CLASSES if c in present])
-    return (table, checks) if return_checks else table

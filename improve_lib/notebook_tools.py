@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import papermill
 
 
 def strip_outputs(path: str | Path) -> bool:
@@ -34,8 +35,6 @@ def parameter_cells(path: str | Path) -> list[int]:
 
 def prepare(path: str | Path, out: str | Path, parameters: dict[str, Any]) -> Path:
     """Write a copy of the notebook with ``parameters`` injected (papermill --prepare-only)."""
-    import papermill
-
     papermill.execute_notebook(str(path), str(out), parameters=parameters, prepare_only=True,
                                kernel_name="python3", progress_bar=False)
     return Path(out)

@@ -1,8 +1,8 @@
 """The papermill runner: execute the numbered notebooks in order into one run folder.
 
-Parameters come from ``params/<PROFILE>.yaml`` (flat UPPER_CASE keys, plus an optional
-``datasets: {name: {...}}`` block of per-dataset values), then the command-line flags. Each
-notebook receives only the parameters its ``parameters`` cell declares.
+Parameters are resolved by :mod:`improve_lib.parameters` (the notebooks' defaults, then
+``params/<PROFILE>.yaml``, then the command-line flags) and written to ``RUN_DIR/params.yaml``. Each
+notebook receives the parameters its ``parameters`` cell declares.
 """
 from __future__ import annotations
 
@@ -16,119 +16,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+import nbformat
+import papermill
 import yaml
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from tqdm.auto import tqdm
 
-from . import manifest
+from . import data, manifest
 from .errors import StudyInputError
 from .io import atomic_write_text
+from .parameters import NOTEBOOK_DIR, REPO, declared_parameters, list_notebooks, resolve_params
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = Path(os.environ.get("IMPROVE_NOTEBOOKS", REPO / "notebooks"))
-PARAMS_DIR = Path(os.environ.get("IMPROVE_PARAMS", REPO / "params"))
 KERNEL = "python3"
-# Notebooks that read a sweep folder, not a run folder: not part of a run's pipeline.
-SWEEP_NOTEBOOKS = ("08_compare_runs.ipynb",)
-PATH_KEYS = ("DATA_DIR", "CACHE_DIR", "CLASSIFIER_WEIGHTS")
 # Where a run lives or caches does not change what it computes: left out of the stage keys.
 KEY_EXCLUDE = ("RUN_DIR", "CACHE_DIR")
 
 
 class StudyRunError(RuntimeError):
     """A notebook of the pipeline failed; the message names the notebook and the cell."""
-
-
-def list_notebooks(only: Iterable[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The pipeline's notebooks in order (``NN_name.ipynb``), optionally only the given numbers."""
-    books = sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb") if p.name not in SWEEP_NOTEBOOKS)
-    if only:
-        wanted = {str(o).zfill(2) for o in only}
-        unknown = wanted - {p.name[:2] for p in books}
-        if unknown:
-            raise StudyInputError(f"--only names notebook(s) {sorted(unknown)} that do not exist in {notebook_dir}; "
-                                  f"available: {[p.name[:2] for p in books]}")
-        books = [p for p in books if p.name[:2] in wanted]
-    return books
-
-
-def declared_parameters(notebook: Path) -> dict[str, Any]:
-    """Names and defaults of the notebook's ``parameters`` cell (papermill's own parser)."""
-    st = Path(notebook).stat()
-    return dict(_declared(str(notebook), st.st_mtime_ns, st.st_size))
-
-
-@functools.lru_cache(maxsize=256)
-def _declared(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Any], ...]:
-    # cached per file version: a sweep asks for every notebook's parameters once per run
-    import papermill
-
-    return tuple((k, v["default"]) for k, v in papermill.inspect_notebook(path).items())
-
-
-def read_yaml_mapping(path: Path, what: str, name: str, holds: str) -> dict[str, Any]:
-    """Read a YAML mapping from ``path``; a missing file names the ``what`` files available beside it,
-    anything but a mapping says what it must hold."""
-    if not path.is_file():
-        avail = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise StudyInputError(f"unknown {what} {name!r}: {path} does not exist; available: {avail}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise StudyInputError(f"{path} must hold a mapping of {holds}")
-    return data
-
-
-def load_profile(profile: str, params_dir: Path = PARAMS_DIR) -> dict[str, Any]:
-    """Read ``params/<profile>.yaml``; an unknown profile lists the available ones."""
-    return read_yaml_mapping(params_dir / f"{profile}.yaml", "profile", profile, "UPPER_CASE keys")
-
-
-def as_number(value: Any) -> Any:
-    """A string that reads as a float becomes one (YAML 1.1 reads ``1e-3`` as a string); others unchanged."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def parse_sets(items: Iterable[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to a dict; values are parsed as YAML (``3`` -> int, ``[a,b]`` -> list)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise StudyInputError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if not key.isupper():
-            raise StudyInputError(f"--set {item!r}: parameter names are UPPER_CASE")
-        out[key] = as_number(yaml.safe_load(value)) if value.strip() else None
-    return out
-
-
-def resolve_params(profile: str, dataset: str | None = None, data_dir: str | None = None,
-                   sets: dict[str, Any] | None = None, notebooks: list[Path] | None = None) -> dict[str, Any]:
-    """Profile values, then per-dataset values, then flags. Unknown ``--set`` keys are errors."""
-    raw = load_profile(profile)
-    per_dataset = raw.pop("datasets", {}) or {}
-    params = dict(raw)
-    params["DATASET"] = dataset or params.get("DATASET", "synthetic")
-    params.update(per_dataset.get(params["DATASET"], {}) or {})
-    if data_dir is not None:
-        params["DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
-    sets = sets or {}
-    declared = set()
-    for nb in notebooks if notebooks is not None else list_notebooks():
-        declared |= set(declared_parameters(nb))
-    unknown = sorted(k for k in sets if k not in declared and k not in params)
-    if unknown:
-        raise StudyInputError(f"--set key(s) {unknown} are not parameters of any notebook nor of profile {profile!r}")
-    params.update(sets)
-    # Notebooks run with the notebooks folder as working directory: make user paths absolute here.
-    for key in PATH_KEYS:
-        if isinstance(params.get(key), str) and params[key]:
-            params[key] = str(Path(params[key]).expanduser().resolve())
-    params["PROFILE"] = profile
-    return params
 
 
 def default_run_dir(params: dict[str, Any]) -> Path:
@@ -139,15 +44,12 @@ def default_run_dir(params: dict[str, Any]) -> Path:
 
 def preflight(params: dict[str, Any]) -> None:
     """Check the data source before the run folder is touched, so bad input leaves nothing behind."""
-    from . import data
-
     src = data.check_source(params["DATASET"], params.get("DATA_DIR"))
     if params["DATASET"] == "synthetic" and params.get("CLASSES"):
-        from .data import synthetic_cells
-
-        unknown = sorted(set(params["CLASSES"]) - set(synthetic_cells.CLASSES))
+        unknown = sorted(set(params["CLASSES"]) - set(data.synthetic_cells.CLASSES))
         if unknown:
-            raise StudyInputError(f"synthetic: unknown class(es) {unknown} in CLASSES; valid: {list(synthetic_cells.CLASSES)}")
+            raise StudyInputError(f"synthetic: unknown class(es) {unknown} in CLASSES; "
+                                  f"valid: {list(data.synthetic_cells.CLASSES)}")
     if params["DATASET"] in ("dermamnist", "bloodmnist"):
         data.medmnist.read_pool(src, params["DATASET"], params.get("CLASSES"))
     if params["DATASET"] in ("ham10000", "bone_marrow"):
@@ -180,8 +82,6 @@ def notebook_fingerprint(notebook: Path) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _notebook_hash(path: str, mtime_ns: int, size: int) -> str:
-    import nbformat
-
     nb = nbformat.read(path, as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     return hashlib.sha256(json.dumps(code).encode()).hexdigest()
@@ -211,8 +111,6 @@ def _cell_in(executed: Path, failed: bool) -> str:
     (1-based): with ``failed`` the first code cell with an error output, else the last cell papermill
     records as started (the one running when the time ran out or the kernel died; papermill marks even
     that one completed)."""
-    import nbformat
-
     try:
         nb = nbformat.read(executed, as_version=4)
     except (OSError, ValueError):
@@ -247,9 +145,6 @@ def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], prog
     """Run ``notebook`` with papermill into ``out`` (working directory: the notebook's folder). A failure,
     a cell running past :func:`cell_timeout` or a kernel that died raises :class:`StudyRunError` naming
     the notebook, the cell and the executed copy."""
-    import papermill
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
     limit = cell_timeout()
     try:
         papermill.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=KERNEL,
@@ -301,8 +196,6 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
                  sets: dict[str, Any] | None = None, resume: bool = False, force: bool = False,
                  progress: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
     """Execute the notebooks into ``run_dir`` and return it. See the module docstring."""
-    from tqdm.auto import tqdm
-
     books = list_notebooks(only, notebook_dir)
     all_books = list_notebooks(None, notebook_dir)
     params = resolve_params(profile, dataset, data_dir, sets, all_books)

@@ -11,6 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
 
 from .data import center_crop_resize, open_rgb  # noqa: E402
 from .io import atomic_path  # noqa: E402
@@ -85,8 +89,6 @@ def split_image_grid(table: pd.DataFrame, n_per_class: int = 8, resolution: int 
 
 def image_size_table(table: pd.DataFrame) -> pd.DataFrame:
     """Original width/height and mode of every image in the split table (reads headers only)."""
-    from PIL import Image
-
     recs = []
     for row in table.itertuples():
         with Image.open(row.path) as im:
@@ -102,9 +104,6 @@ def embedding_maps(vectors, labels, class_names: Sequence[str], seed: int = 0, p
     Prototypes are embedded together with the images (t-SNE cannot place new points afterwards),
     so both panels show them in the same map as the data.
     """
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
     x = np.asarray(vectors, dtype=np.float32)
     y = np.asarray(labels)
     protos = None if prototypes is None else np.asarray(prototypes, dtype=np.float32)
@@ -158,8 +157,6 @@ def training_curve(history: Sequence[dict], keys: Sequence[str] = ("loss", "dce"
 
 def distance_heatmap(prototypes, class_names: Sequence[str], title: str = "Distance between class prototypes"):
     """Heatmap of Euclidean distances between the classes' prototypes (nearest pair for K>1)."""
-    import torch
-
     p = torch.as_tensor(np.asarray(prototypes, dtype=np.float32))
     c, k, d = p.shape
     dist = torch.cdist(p.reshape(-1, d), p.reshape(-1, d)).reshape(c, k, c, k).amin(dim=(1, 3)).numpy()
@@ -216,3 +213,12 @@ def fidelity_bars(fidelity: pd.DataFrame, metrics: Sequence[str] = ("precision",
     g.set_axis_labels("", "")
     g.fig.suptitle("Fidelity and diversity per class (embedding space of notebook 02)", y=1.02)
     return g.fig
+
+
+def save_loss_curve(loss_csv: str | Path, path: str | Path, name: str) -> Path:
+    """Draw a training run's ``loss.csv`` (:func:`loss_curves`) into the PNG ``path``, atomically."""
+    fig = loss_curves(pd.read_csv(loss_csv).assign(arm=name), title=f"training loss: {name}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)

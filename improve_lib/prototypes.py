@@ -40,12 +40,23 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from sklearn.decomposition import PCA
+from tqdm.auto import tqdm
 
-from improve_lib.errors import StudyInputError
-from improve_lib.io import atomic_path
+from . import arrays
+from .embeddings import load_embeddings
+from .errors import StudyInputError
+from .io import atomic_path
 
 FORMAT_VERSION = "1"
 PROJECTIONS = ("none", "linear")
+# The prototypes folder of a run, written by notebook 03 and read by notebook 04 (:func:`arm_class_table`).
+PROTOTYPES_FILE = "prototypes.safetensors"
+CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
+PROJECTION_FILE = "projection.safetensors"
+CLASS_EMBEDDING_MAPS = ("none", "pca")  # how prototypes become the UNet's table rows (class_table_rows)
 CLASS_EMBEDDING_RULE = "per class, the prototype nearest the class mean of f(x) over training images"
 
 
@@ -97,22 +108,11 @@ class PrototypeResult:
 
 
 def _as_tensor(vectors, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
-    if t.ndim != 2 or t.shape[0] == 0:
-        raise StudyInputError(f"{name}: expected a non-empty 2-d array [N, D], got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        bad = torch.nonzero(~torch.isfinite(t).all(1)).flatten()[:5].tolist()
-        raise StudyInputError(f"{name}: non-finite values in rows {bad}; embeddings must be finite")
-    return t
+    return torch.as_tensor(arrays.vectors(vectors, name, np.float32))
 
 
 def _as_labels(labels, n: int, n_classes: int, name: str) -> torch.Tensor:
-    y = np.asarray(labels)
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise StudyInputError(f"{name}: expected {n} integer labels, got shape {y.shape} dtype {y.dtype}")
-    if n and (y.min() < 0 or y.max() >= n_classes):
-        raise StudyInputError(f"{name}: labels must lie in 0..{n_classes - 1}, found {y.min()}..{y.max()}")
-    return torch.as_tensor(y, dtype=torch.long)
+    return torch.as_tensor(arrays.labels(labels, n, n_classes, name))
 
 
 def _features(x: torch.Tensor, projection: torch.Tensor | None, normalize: bool) -> torch.Tensor:
@@ -136,14 +136,15 @@ def train_prototypes(
     train_vectors,
     train_labels,
     class_names: Sequence[str],
-    k: int = 1,
-    gamma: float = 1.0,
-    lam: float = 0.001,
-    projection: str = "none",
-    epochs: int = 100,
-    lr: float = 0.01,
-    batch_size: int = 64,
-    seed: int = 0,
+    *,
+    k: int,
+    gamma: float,
+    lam: float,
+    projection: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
     normalize: bool = True,
     projection_dim: int | None = None,
     progress: bool = True,
@@ -160,36 +161,10 @@ def train_prototypes(
     x = _as_tensor(train_vectors, "train_vectors")
     c = len(class_names)
     y = _as_labels(train_labels, x.shape[0], c, "train_labels")
-    if projection not in PROJECTIONS:
-        raise StudyInputError(f"PROJECTION={projection!r}: expected one of {PROJECTIONS}")
-    if not (isinstance(k, int) and k >= 1):
-        raise StudyInputError(f"K={k!r}: expected an integer >= 1")
-    # named as notebook 03's parameters, since that is where a user sets them
-    bad = [f"{name}={value!r} (expected {rule})" for name, value, ok, rule in (
-        ("GAMMA", gamma, gamma > 0, "> 0"), ("LAMBDA", lam, lam >= 0, ">= 0"), ("PROTO_LR", lr, lr > 0, "> 0"),
-        ("PROTO_EPOCHS", epochs, epochs >= 1, ">= 1"), ("PROTO_BATCH_SIZE", batch_size, batch_size >= 1, ">= 1"))
-        if not ok]
-    if bad:
-        raise StudyInputError("prototype learning: " + "; ".join(bad))
-    counts = torch.bincount(y, minlength=c)
-    short = {class_names[i]: int(counts[i]) for i in range(c) if counts[i] < k}
-    if short:
-        raise StudyInputError(
-            f"K={k} prototypes per class needs at least {k} training images per class; "
-            f"too few in (class: count) {short}")
-
+    _check_cpl_settings(y, class_names, k, gamma, lam, projection, epochs, lr, batch_size)
     gen = torch.Generator().manual_seed(seed)
     base = _features(x, None, normalize)
-    d_in = base.shape[1]
-    weight = None
-    if projection == "linear":
-        d_out = projection_dim or d_in
-        if d_out == d_in:
-            w0 = torch.eye(d_in)
-        else:  # random orthonormal rows keep distances roughly in scale at the start
-            q = torch.linalg.qr(torch.randn(max(d_in, d_out), min(d_in, d_out), generator=gen))[0]
-            w0 = q.T if d_out <= d_in else q
-        weight = torch.nn.Parameter(w0.contiguous())
+    weight = _initial_projection(projection, base.shape[1], projection_dim, gen)
     with torch.no_grad():
         f0 = base if weight is None else base @ weight.T
         init = [f0[y == i].mean(0, keepdim=True) if k == 1 else _kmeans(f0[y == i], k, gen) for i in range(c)]
@@ -201,7 +176,6 @@ def train_prototypes(
     n = x.shape[0]
     epoch_iter = range(1, epochs + 1)
     if progress:
-        from tqdm.auto import tqdm
         epoch_iter = tqdm(epoch_iter, desc="CPL", unit="epoch")
     for epoch in epoch_iter:
         sums = {"loss": 0.0, "dce": 0.0, "pl": 0.0}
@@ -229,6 +203,41 @@ def train_prototypes(
     hyper = dict(k=k, gamma=gamma, lam=lam, projection=projection, epochs=epochs, lr=lr,
                  batch_size=batch_size, seed=seed, normalize=normalize)
     return PrototypeResult(protos.detach().clone(), w, class_names, means, history, hyper)
+
+
+def _check_cpl_settings(y: torch.Tensor, class_names: list[str], k, gamma, lam, projection, epochs, lr,
+                        batch_size) -> None:
+    c = len(class_names)
+    if projection not in PROJECTIONS:
+        raise StudyInputError(f"PROJECTION={projection!r}: expected one of {PROJECTIONS}")
+    if not (isinstance(k, int) and k >= 1):
+        raise StudyInputError(f"K={k!r}: expected an integer >= 1")
+    # named as notebook 03's parameters, since that is where a user sets them
+    bad = [f"{name}={value!r} (expected {rule})" for name, value, ok, rule in (
+        ("GAMMA", gamma, gamma > 0, "> 0"), ("LAMBDA", lam, lam >= 0, ">= 0"), ("PROTO_LR", lr, lr > 0, "> 0"),
+        ("PROTO_EPOCHS", epochs, epochs >= 1, ">= 1"), ("PROTO_BATCH_SIZE", batch_size, batch_size >= 1, ">= 1"))
+        if not ok]
+    if bad:
+        raise StudyInputError("prototype learning: " + "; ".join(bad))
+    counts = torch.bincount(y, minlength=c)
+    short = {class_names[i]: int(counts[i]) for i in range(c) if counts[i] < k}
+    if short:
+        raise StudyInputError(
+            f"K={k} prototypes per class needs at least {k} training images per class; "
+            f"too few in (class: count) {short}")
+
+
+def _initial_projection(projection: str, d_in: int, projection_dim: int | None,
+                        gen: torch.Generator) -> torch.nn.Parameter | None:
+    if projection != "linear":
+        return None
+    d_out = projection_dim or d_in
+    if d_out == d_in:
+        w0 = torch.eye(d_in)
+    else:  # random orthonormal rows keep distances roughly in scale at the start
+        q = torch.linalg.qr(torch.randn(max(d_in, d_out), min(d_in, d_out), generator=gen))[0]
+        w0 = q.T if d_out <= d_in else q
+    return torch.nn.Parameter(w0.contiguous())
 
 
 # ----------------------------------------------------------------------------- using prototypes
@@ -332,16 +341,19 @@ CLASS_EMBEDDINGS = ("prototypes", "class_means")
 CLASS_MEANS_RULE = "per class, the mean of f(x) over training images (ablation: the CPL prototypes are not used)"
 
 
-def save_prototypes(out_dir, result: PrototypeResult, class_names: Sequence[str], encoder_id: str,
+def prototypes_dir(run_dir) -> Path:
+    """``RUN_DIR/prototypes``: the folder notebook 03 writes and notebooks 04 and 06 read."""
+    return Path(run_dir) / "prototypes"
+
+
+def save_prototypes(run_dir, result: PrototypeResult, class_names: Sequence[str], encoder_id: str,
                     class_means=None, class_embedding: str = "prototypes") -> dict[str, Path]:
-    """Write ``prototypes.safetensors`` ("prototypes" [C, K, D]), ``class_embeddings.safetensors``
+    """Write into ``RUN_DIR/prototypes/``: ``prototypes.safetensors`` ("prototypes" [C, K, D]), ``class_embeddings.safetensors``
     ("class_embeddings" [C, D], rule: ``class_embedding_from_prototypes``) and, for a linear
-    projection, ``projection.safetensors`` ("weight" [D', D]) atomically into ``out_dir``; metadata
+    projection, ``projection.safetensors`` ("weight" [D', D]) atomically; metadata
     carries class_names (JSON), encoder_id, k, gamma, lambda, projection, normalize, feature_space.
     ``class_means`` [C, D'] defaults to ``result.class_means``. ``class_embedding="class_means"`` (an
     ablation) makes the class means themselves the class embeddings. Returns the paths written."""
-    from safetensors.torch import save_file
-
     class_names = list(class_names)
     if class_names != list(result.class_names):
         raise StudyInputError(
@@ -363,11 +375,11 @@ def save_prototypes(out_dir, result: PrototypeResult, class_names: Sequence[str]
         "feature_space": _feature_space_note(p, result.prototypes.shape[-1]),
         "class_embedding_rule": CLASS_EMBEDDING_RULE if class_embedding == "prototypes" else CLASS_MEANS_RULE,
     }
-    out_dir = Path(out_dir)
-    files = {"prototypes": (out_dir / "prototypes.safetensors", {"prototypes": result.prototypes}),
-             "class_embeddings": (out_dir / "class_embeddings.safetensors", {"class_embeddings": table})}
+    out_dir = prototypes_dir(run_dir)
+    files = {"prototypes": (out_dir / PROTOTYPES_FILE, {"prototypes": result.prototypes}),
+             "class_embeddings": (out_dir / CLASS_EMBEDDINGS_FILE, {"class_embeddings": table})}
     if result.projection is not None:
-        files["projection"] = (out_dir / "projection.safetensors", {"weight": result.projection})
+        files["projection"] = (out_dir / PROJECTION_FILE, {"weight": result.projection})
     for name, (path, tensors) in files.items():
         with atomic_path(path) as tmp:
             save_file({k: v.detach().float().contiguous() for k, v in tensors.items()}, str(tmp),
@@ -376,8 +388,6 @@ def save_prototypes(out_dir, result: PrototypeResult, class_names: Sequence[str]
 
 
 def _load_table(path, key: str, ndim: int) -> tuple[torch.Tensor, list[str], dict]:
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise StudyInputError(f"{path}: file not found (expected a {key} safetensors file)")
@@ -416,38 +426,108 @@ def load_class_embeddings(path) -> tuple[torch.Tensor, list[str], dict]:
     return _load_table(path, "class_embeddings", 2)
 
 
-def prototype_space(vectors, prototypes_dir) -> np.ndarray:
-    """Map raw encoder embeddings [N, D] into the space the saved prototypes live in (``f(x)``).
+def _space_of(meta: dict, folder: Path) -> tuple[torch.Tensor | None, bool]:
+    """``(projection or None, normalize)`` recorded in a prototypes file's metadata."""
+    projection = None
+    if meta.get("projection") == "linear":
+        path = folder / PROJECTION_FILE
+        if not path.is_file():
+            raise StudyInputError(f"{path}: projection weights missing although the prototypes used a linear projection")
+        projection = load_file(str(path))["weight"].float()
+    return projection, str(meta.get("normalize", "True")).lower() == "true"
 
-    Reads the ``normalize`` flag and the ``projection`` of ``prototypes_dir/class_embeddings.safetensors``
-    (and ``projection.safetensors`` when it is linear), so anything fitted next to the prototypes (such
-    as the fixed PCA map of the diffusion model's class table) sees the same geometry as CPL did.
+
+def load_space(run_dir) -> dict:
+    """Everything needed to compare new embeddings with a run's prototypes: ``prototypes`` [C, K, D'],
+    ``class_names``, ``projection`` ([D', D] or None) and ``normalize``."""
+    folder = prototypes_dir(run_dir)
+    protos, names, meta = load_prototypes(folder / PROTOTYPES_FILE)
+    projection, normalize = _space_of(meta, folder)
+    return {"prototypes": protos, "class_names": names, "projection": projection, "normalize": normalize}
+
+
+# ----------------------------------------------------------------------------- the class table of an arm
+
+def class_table_rows(class_embeddings: torch.Tensor, mode: str, cond_dim: int | None,
+                     train_features: np.ndarray | torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """Turn per-class prototype vectors ``[C, D]`` into the UNet's table rows ``[C, COND_DIM]``.
+
+    ``mode="none"``: the prototypes themselves (``cond_dim`` must be None or D; the paper's setup).
+    ``mode="pca"``: a fixed linear map, fitted once: whitened PCA of ``train_features`` (the run's training
+    image embeddings in the prototypes' space, ``[N, D]``) to ``cond_dim`` components (``random_state=seed``
+    for sklearn's randomized solver on large inputs); the prototypes are projected through it. Being
+    fixed, the map keeps the table frozen and adds nothing the baseline lacks. Whitening gives every kept
+    direction unit variance over the training images, so no single direction dominates the table.
+
+    In both modes the result is rescaled by one scalar to RMS 1 over all entries, so it starts on the
+    same scale as the baseline's N(0, 1) init (the relative geometry of the prototypes is unchanged).
     """
-    prototypes_dir = Path(prototypes_dir)
-    _, _, meta = load_class_embeddings(prototypes_dir / "class_embeddings.safetensors")
-    projection = None
-    if meta.get("projection") == "linear":
-        projection, _, _ = _load_projection(prototypes_dir / "projection.safetensors")
-    normalize = str(meta.get("normalize", "True")).lower() == "true"
-    return _features(_as_tensor(vectors, "vectors"), projection, normalize).numpy()
+    emb = torch.as_tensor(class_embeddings, dtype=torch.float64)
+    if emb.ndim != 2 or emb.shape[0] < 1:
+        raise StudyInputError(f"class_embeddings must be [C, D], got shape {tuple(emb.shape)}")
+    dim = emb.shape[1]
+    if mode == "none":
+        if cond_dim is not None and int(cond_dim) != dim:
+            raise StudyInputError(f"CLASS_EMBEDDING_MAP='none' uses the prototypes as they are, so COND_DIM "
+                                  f"must equal their dimension D={dim} (got COND_DIM={cond_dim}); "
+                                  f"use CLASS_EMBEDDING_MAP='pca' for a narrower table")
+        table = emb
+    elif mode == "pca":
+        if train_features is None:
+            raise StudyInputError("CLASS_EMBEDDING_MAP='pca' needs the training embeddings "
+                                  "(embeddings/train.npz 'vectors'); run notebook 02 first")
+        vec = np.asarray(train_features, dtype=np.float64)
+        if vec.ndim != 2 or vec.shape[1] != dim:
+            raise StudyInputError(f"training embeddings have shape {vec.shape}; expected [N, D={dim}] "
+                                  f"like the prototypes")
+        if cond_dim is None or not 1 <= int(cond_dim) <= min(vec.shape):
+            raise StudyInputError(f"COND_DIM={cond_dim} must be between 1 and min(N, D)={min(vec.shape)} "
+                                  f"for CLASS_EMBEDDING_MAP='pca' (N training embeddings, D={dim})")
+        pca = PCA(n_components=int(cond_dim), whiten=True, random_state=int(seed)).fit(vec)
+        table = torch.from_numpy(pca.transform(emb.numpy()))
+    else:
+        raise StudyInputError(f"CLASS_EMBEDDING_MAP must be one of {list(CLASS_EMBEDDING_MAPS)}, got {mode!r}")
+    rms = table.pow(2).mean().sqrt()
+    if not torch.isfinite(rms) or rms == 0:
+        raise StudyInputError("the class table is all zero or not finite; check the prototypes file")
+    return (table / rms).float()
 
 
-def _load_projection(path):
-    from safetensors.torch import load_file
+def arm_class_table(run_dir, arm: str, class_names: Sequence[str], mode: str, cond_dim: int | None,
+                    seed: int) -> tuple[torch.Tensor | None, int]:
+    """The class table an arm starts from, ``[C, COND_DIM]`` (None for the baseline), and its width.
 
-    path = Path(path)
+    Prototype arm: the run's ``prototypes/class_embeddings.safetensors`` (class names must match the
+    split's, in order) through :func:`class_table_rows`; with ``mode="pca"`` the map is fitted on the
+    run's training embeddings (``embeddings/train.npz``) mapped into the prototypes' space. Baseline arm:
+    None, with ``cond_dim``, or (``mode="none"``, ``cond_dim`` None) the prototypes' width, so that both
+    arms build the same UNet.
+    """
+    path = prototypes_dir(run_dir) / CLASS_EMBEDDINGS_FILE
     if not path.is_file():
-        raise StudyInputError(f"{path}: projection weights missing although the prototypes used a linear projection")
-    return load_file(str(path))["weight"].float(), None, None
-
-
-def load_space(prototypes_dir) -> dict:
-    """Everything needed to compare new embeddings with the saved prototypes: ``prototypes`` [C, K, D'],
-    ``class_names``, ``projection`` ([D', D] or None) and ``normalize``, read from ``prototypes_dir``."""
-    prototypes_dir = Path(prototypes_dir)
-    protos, names, meta = load_prototypes(prototypes_dir / "prototypes.safetensors")
-    projection = None
-    if meta.get("projection") == "linear":
-        projection, _, _ = _load_projection(prototypes_dir / "projection.safetensors")
-    return {"prototypes": protos, "class_names": names, "projection": projection,
-            "normalize": str(meta.get("normalize", "True")).lower() == "true"}
+        if arm == "baseline" and not (mode == "none" and cond_dim is None):
+            return None, int(cond_dim)
+        raise StudyInputError(f"{path} not found: run notebook 03_prototypes for this RUN_DIR first"
+                              + ("" if arm != "baseline" else " (or set COND_DIM, which it would set)"))
+    emb, names, meta = load_class_embeddings(path)
+    if arm == "baseline":
+        if mode == "none":
+            if cond_dim is not None and int(cond_dim) != emb.shape[1]:
+                raise StudyInputError(f"CLASS_EMBEDDING_MAP='none' ties COND_DIM to the prototype dimension "
+                                      f"{emb.shape[1]} ({path}), got COND_DIM={cond_dim}")
+            return None, int(emb.shape[1])
+        return None, int(cond_dim)
+    if names != list(class_names):
+        raise StudyInputError(f"{path}: class_names {names} differ from the split's classes {list(class_names)} "
+                              f"(same names in the same order expected); rerun notebook 03_prototypes")
+    features = None
+    if mode == "pca":
+        npz = Path(run_dir) / "embeddings" / "train.npz"
+        if not npz.is_file():
+            raise StudyInputError(f"{npz} not found: CLASS_EMBEDDING_MAP='pca' fits its map on the training "
+                                  f"embeddings; run notebook 02_embeddings first")
+        # The prototypes live in CPL's feature space (L2-normalised, maybe projected): fit the map there.
+        projection, normalize = _space_of(meta, path.parent)
+        features = _features(_as_tensor(load_embeddings(npz)["vectors"], str(npz)), projection, normalize).numpy()
+    table = class_table_rows(emb, mode, cond_dim, features, seed=seed)
+    return table, int(table.shape[1])

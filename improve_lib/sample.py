@@ -14,20 +14,25 @@ CPU; up to 2e-3 of the [0, 1] range on an H200, where convolutions may use TF32)
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+from torchvision.utils import make_grid
+from tqdm.auto import tqdm
 
+from . import models, objective
 from .errors import StudyInputError
-from .io import atomic_path
+from .io import atomic_path, atomic_write_json
 
 
 def ddim_scheduler(scheduler_config: Mapping[str, Any], steps: int):
     """A ``DDIMScheduler`` with the training schedule of ``scheduler_config``, set to ``steps`` steps."""
-    from diffusers import DDIMScheduler
-
     if int(steps) < 1:
         raise StudyInputError(f"DDIM steps must be >= 1, got {steps}")
     sched = DDIMScheduler.from_config(dict(scheduler_config))
@@ -71,9 +76,8 @@ def _noise(gens, shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_config: Mapping[str, Any],
-                seeds: Sequence[int] | torch.Generator, guidance_scale: float, null_label: int | None = None,
-                steps: int = 50, eta: float = 0.0, resolution: int | None = None,
-                progress: bool = False) -> torch.Tensor:
+                seeds: Sequence[int] | torch.Generator, guidance_scale: float, steps: int, eta: float,
+                null_label: int | None = None, resolution: int | None = None, progress: bool = False) -> torch.Tensor:
     """Generate one image per entry of ``class_labels`` with guided DDIM.
 
     Args:
@@ -93,7 +97,7 @@ def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_
     dtype = next(model.parameters()).dtype
     labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
     if null_label is None:
-        null_label = int(model.config.num_class_embeds) - 1
+        null_label = models.null_label(model)
     if len(labels) and (labels.min() < 0 or labels.max() >= null_label):
         raise StudyInputError(f"class_labels must be in 0..{null_label - 1}, got {labels.tolist()}")
     res = int(resolution or model.config.sample_size)
@@ -106,8 +110,6 @@ def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_
     labels = labels.to(device)
     timesteps = sched.timesteps
     if progress:
-        from tqdm.auto import tqdm
-
         timesteps = tqdm(timesteps, desc="DDIM", leave=False)
     try:
         for t in timesteps:
@@ -119,26 +121,22 @@ def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_
     return x.float().clamp(-1, 1).add(1).div(2).cpu()
 
 
-def sample_grid(model, num_classes: int, *, scheduler_config: Mapping[str, Any], per_class: int = 4,
-                guidance_scale: float = 0.0, steps: int = 50, seed: int = 0,
-                resolution: int | None = None) -> torch.Tensor:
+def sample_grid(model, num_classes: int, *, scheduler_config: Mapping[str, Any], per_class: int,
+                guidance_scale: float, steps: int, seed: int, resolution: int | None = None) -> torch.Tensor:
     """A preview grid ``[3, H, W]`` in [0, 1]: one row per class, ``per_class`` images per row.
 
     Image ``k`` (row-major) uses seed ``seed + k``, so grids from different steps of a run are comparable.
+    Deterministic DDIM (eta 0).
     """
-    from torchvision.utils import make_grid
-
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     images = ddim_sample(model, labels, scheduler_config=scheduler_config,
                          seeds=[seed + k for k in range(len(labels))], guidance_scale=guidance_scale,
-                         steps=steps, resolution=resolution)
+                         steps=steps, eta=0.0, resolution=resolution)
     return make_grid(images, nrow=per_class, padding=2, pad_value=1.0)
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
     """Write a ``[3, H, W]`` image in [0, 1] as an 8-bit PNG, atomically."""
-    from PIL import Image
-
     arr = (image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
     with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
@@ -152,9 +150,8 @@ def image_seed(seed: int, class_index: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(class_index), int(index)]).generate_state(1)[0])
 
 
-def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int = 50, eta: float = 0.0,
-               guidance_scale: float = 1.8, seed: int = 0, batch_size: int = 64, ema: bool = True,
-               device: str | None = None, progress: bool = True):
+def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int, eta: float, guidance_scale: float,
+               seed: int, batch_size: int, ema: bool, device: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Generate ``n_per_class`` images per class with ``arm``'s trained model into
     ``RUN_DIR/samples/<arm>/<class>/<index>.png`` and return the index table.
 
@@ -164,23 +161,15 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int = 
     settings and the model's weight hash are recorded in ``samples/<arm>/sampling.json`` and a change
     of either is refused.
     """
-    import json
-
-    import pandas as pd
-
-    from .io import atomic_write_json
-    from .models import noise_scheduler, state_dict_sha256
-    from .train import load_trained
-
     if int(n_per_class) < 1:
         raise StudyInputError(f"N_PER_CLASS must be >= 1, got {n_per_class}")
-    model, class_names, cfg = load_trained(run_dir, arm, ema=ema)
+    model, class_names, cfg = models.load_trained(run_dir, arm, ema=ema)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     out_dir = Path(run_dir) / "samples" / arm
     settings = {"arm": arm, "steps": int(steps), "eta": float(eta), "guidance_scale": float(guidance_scale),
                 "seed": int(seed), "ema": bool(ema), "guidance_formula": "(1+w)*eps_cond - w*eps_uncond",
-                "model_sha256": state_dict_sha256(model)}  # a retrained model must not reuse old PNGs
+                "model_sha256": models.state_dict_sha256(model)}  # a retrained model must not reuse old PNGs
     record = out_dir / "sampling.json"
     if record.is_file():
         old = json.loads(record.read_text())
@@ -195,10 +184,8 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int = 
     todo = [r for r in rows if not Path(r["path"]).is_file()]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"sampling {arm}", unit="img")
-    sched_cfg = noise_scheduler(cfg).config
+    sched_cfg = objective.noise_scheduler(cfg).config
     for start in range(0, len(todo), int(batch_size)):
         chunk = todo[start:start + int(batch_size)]
         images = ddim_sample(model, [r["label"] for r in chunk], scheduler_config=sched_cfg,
@@ -215,22 +202,18 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int = 
     return table
 
 
-def regenerate(run_dir: str | Path, arm: str, class_name: str, index: int, *, ema: bool = True) -> torch.Tensor:
-    """Regenerate one image of a run's samples alone, from its (seed, class, index), as ``[3, R, R]``."""
-    import json
-
-    from .models import noise_scheduler
-    from .train import load_trained
-
+def regenerate(run_dir: str | Path, arm: str, class_name: str, index: int) -> torch.Tensor:
+    """Regenerate one image of a run's samples alone, from its (seed, class, index), as ``[3, R, R]``, with
+    the settings (steps, eta, guidance, EMA or raw weights) recorded in ``samples/<arm>/sampling.json``."""
     out_dir = Path(run_dir) / "samples" / arm
     if not (out_dir / "sampling.json").is_file():
         raise StudyInputError(f"no samples for arm {arm!r} in {out_dir}: run notebook 05_sample first")
     s = json.loads((out_dir / "sampling.json").read_text())
-    model, class_names, cfg = load_trained(run_dir, arm, ema=s["ema"])
+    model, class_names, cfg = models.load_trained(run_dir, arm, ema=s["ema"])
     if class_name not in class_names:
         raise StudyInputError(f"class {class_name!r} is not one of {class_names}")
     c = class_names.index(class_name)
-    return ddim_sample(model, [c], scheduler_config=noise_scheduler(cfg).config, seeds=[image_seed(s["seed"], c, index)],
+    return ddim_sample(model, [c], scheduler_config=objective.noise_scheduler(cfg).config, seeds=[image_seed(s["seed"], c, index)],
                        guidance_scale=s["guidance_scale"], steps=s["steps"], eta=s["eta"])[0]
 
 
@@ -239,8 +222,6 @@ def read_samples(run_dir: str | Path, arm: str, class_names: Sequence[str], n_pe
 
     Errors name the missing class or the class that has too few images, and which notebook to run.
     """
-    import pandas as pd
-
     out_dir = Path(run_dir) / "samples" / arm
     if not out_dir.is_dir():
         raise StudyInputError(f"no samples for arm {arm!r} in {out_dir}: run notebook 05_sample first")

@@ -25,8 +25,8 @@ Presets in ``params/ablations/<name>.yaml`` hold a sweep's settings (``--preset 
 """
 from __future__ import annotations
 
-import ast
 import csv
+import hashlib
 import itertools
 import os
 import re
@@ -39,12 +39,12 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from . import manifest
+from . import manifest, sharing
 from .errors import StudyInputError
 from .io import atomic_path, atomic_write_text
-from .pipeline import (NOTEBOOK_DIR, PARAMS_DIR, StudyRunError, as_number, declared_parameters,
-                       execute_notebook, list_notebooks, load_profile, preflight, read_yaml_mapping,
-                       resolve_params, run_pipeline, stage_keys)
+from .parameters import (NOTEBOOK_DIR, PARAMS_DIR, as_number, check_type, declared_parameters, list_notebooks,
+                         literal, load_profile, read_yaml_mapping, resolve_params)
+from .pipeline import StudyRunError, execute_notebook, preflight, run_pipeline, stage_keys
 
 ABLATIONS_DIR = PARAMS_DIR / "ablations"
 COMPARE_NOTEBOOK = "08_compare_runs.ipynb"
@@ -52,7 +52,6 @@ RESERVED = {"SEED": "give seeds with --seeds", "RUN_DIR": "each run gets its own
             "PROFILE": "give the profile with --profile"}
 PRESET_KEYS = {"description", "profile", "dataset", "data_dir", "grid", "seeds", "set", "from", "to",
                "time"}
-_NOT_COPIED = {"params.yaml", manifest.MANIFEST}  # the runner writes these for each run
 
 
 @dataclass
@@ -180,37 +179,6 @@ def selected_notebooks(spec: SweepSpec, notebook_dir: Path = NOTEBOOK_DIR) -> li
     return [p for p in books if spec.to_nb is None or p.name[:2] <= spec.to_nb]
 
 
-def _default_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
-
-
-def _check_type(key: str, value: Any, references: list[Any], where: str) -> Any:
-    """``value`` if it has the type of the notebook default / profile value (ints become floats where
-    the parameter is a float), else a :class:`StudyInputError` naming the key."""
-    known = [r for r in references if r is not None]
-    if value is None or not known:  # None means "the notebook's own rule" (e.g. MAX_STEPS=None: use EPOCHS)
-        return value
-    ref = known[0]
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str), list: lambda v: isinstance(v, list),
-          dict: lambda v: isinstance(v, dict)}.get(type(ref))
-    if ok is not None and not ok(value):
-        raise StudyInputError(f"{where}: {key}={value!r} is {_a(type(value).__name__)}, but {key} takes "
-                              f"{_a(type(ref).__name__)} (e.g. {ref!r})")
-    if isinstance(ref, float) and not any(isinstance(r, int) and not isinstance(r, bool) for r in known):
-        return float(value)
-    return value
-
-
-def _a(noun: str) -> str:
-    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
-
-
 def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, list[Any]]:
     """Validate the grid and ``--set`` keys against the notebooks' parameters cells; returns the grid
     with values coerced to the parameters' types. Raises :class:`StudyInputError` before anything runs."""
@@ -220,7 +188,7 @@ def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK
     profile_flat = resolve_params(spec.profile, spec.dataset, spec.data_dir, None, every)  # with per-dataset values
 
     def refs(key: str) -> list[Any]:
-        return [profile_flat.get(key)] + [_default_value(d[key]) for d in declared.values() if key in d]
+        return [profile_flat.get(key)] + [literal(d[key]) for d in declared.values() if key in d]
 
     out = {}
     for key, values in spec.grid.items():
@@ -241,7 +209,7 @@ def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK
             raise StudyInputError(f"--grid {key}: no values")
         if len(values) != len({_canonical(v) for v in values}):
             raise StudyInputError(f"--grid {key}: a value is given twice in {values}")
-        out[key] = [_check_type(key, v, refs(key), f"--grid {key}") for v in values]
+        out[key] = [check_type(key, v, refs(key), f"--grid {key}") for v in values]
         if len({_canonical(v) for v in out[key]}) != len(out[key]):
             raise StudyInputError(f"--grid {key}: values {values} name the same setting twice")
     for key, value in spec.sets.items():
@@ -251,7 +219,7 @@ def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK
             raise StudyInputError(f"{key} is both a --grid key and a --set override")
         if not any(key in d for d in declared.values()) and key not in profile_flat:
             raise StudyInputError(f"--set {key}: no notebook declares {key} and profile {spec.profile!r} has no such key")
-        spec.sets[key] = _check_type(key, value, refs(key), f"--set {key}")
+        spec.sets[key] = check_type(key, value, refs(key), f"--set {key}")
     return out
 
 
@@ -273,8 +241,6 @@ def value_label(value: Any) -> str:
         text = str(value)
     text = re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_.") or "x"
     if len(text) > 32:  # long values (paths to weights) keep their start and a hash of the whole
-        import hashlib
-
         text = f"{text[:24]}~{hashlib.sha256(str(value).encode()).hexdigest()[:6]}"
     return text
 
@@ -315,96 +281,6 @@ def default_sweep_dir(spec: SweepSpec) -> Path:
     return Path("runs") / "sweeps" / "-".join([spec.profile, dataset] + [k.lower() for k in spec.grid])
 
 
-# ------------------------------------------------------------------------------------------ sharing
-
-def _done_prefix(stages: dict[str, Any], keys: dict[str, str], books: list[Path]) -> list[str]:
-    """Names of the leading notebooks that are done with exactly these keys."""
-    out = []
-    for nb in books:
-        st = stages.get(nb.name, {})
-        if st.get("status") != "done" or st.get("key") != keys[nb.name]:
-            break
-        out.append(nb.name)
-    return out
-
-
-def find_donor(run: SweepRun, sweep_dir: Path, books: list[Path]) -> tuple[Path | None, list[str]]:
-    """The run folder in ``sweep_dir`` that shares the longest chain of finished notebooks with ``run``
-    (same stage keys), and that chain; ``(None, [])`` when none shares the first notebook."""
-    best: tuple[Path | None, list[str]] = (None, [])
-    for cand in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != run.name) if sweep_dir.is_dir() else []:
-        m = manifest.load(cand)
-        shared = _done_prefix(m.get("stages", {}), run.keys, books)
-        while shared and not _copyable(m, shared):
-            shared = shared[:-1]
-        if len(shared) > len(best[1]):
-            best = (cand, shared)
-    return best
-
-
-def _stage_files(m: dict[str, Any], stages: Sequence[str]) -> list[str]:
-    written = m.get("output_stages", {})
-    return sorted(k for k, by in written.items() if by and by[0] in stages and k not in _NOT_COPIED)
-
-
-def _copyable(m: dict[str, Any], stages: Sequence[str]) -> bool:
-    """The donor's files of these stages were not rewritten by a later stage (their content is theirs)."""
-    written = m.get("output_stages", {})
-    if not written:
-        return False
-    return all(set(written[k]) <= set(stages) for k in _stage_files(m, stages))
-
-
-def adopt_stages(run_dir: Path, donor_dir: Path, stages: Sequence[str]) -> int:
-    """Copy the files that ``stages`` wrote in ``donor_dir`` into the new run folder and mark those
-    stages done there (``reused_from`` names the donor). Returns the number of files copied."""
-    dm = manifest.load(donor_dir)
-    files = _stage_files(dm, stages)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for rel in files:
-        dst = run_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(donor_dir / rel, dst)  # a copy, not a link: later stages may append to files
-    _relocate(run_dir, donor_dir, files)
-    stems = {Path(s).stem for s in stages}
-    m = manifest.load(run_dir)
-    m["stages"] = {s: {**dm["stages"][s], "reused_from": donor_dir.name} for s in stages}
-    m["facts"] = {k: v for k, v in dm.get("facts", {}).items() if k in stems}
-    m["inputs"] = {k: v for k, v in dm.get("inputs", {}).items()
-                   if Path(k).is_absolute() or k in set(files)}
-    m["output_stages"] = {k: dm["output_stages"][k] for k in files}
-    manifest.save(run_dir, m)
-    manifest.refresh_outputs(run_dir)
-    return len(files)
-
-
-_TEXT_SUFFIXES = (".csv", ".yaml", ".yml", ".json", ".md", ".txt")
-
-
-def _relocate(run_dir: Path, donor_dir: Path, files: Sequence[str]) -> None:
-    """Point copied files at this run's folder instead of the donor's: absolute paths inside the run
-    folder (the split's image paths, a training config's RUN_DIR, the embeddings' image paths) are
-    rewritten, so the run stands alone and the donor may be deleted. Executed notebooks are left as
-    the record of what ran (the manifest names the donor)."""
-    import numpy as np
-
-    old, new = str(donor_dir.resolve()), str(run_dir.resolve())
-    for rel in files:
-        path = run_dir / rel
-        if path.suffix in _TEXT_SUFFIXES:
-            text = path.read_text(encoding="utf-8")
-            if old in text:
-                atomic_write_text(path, text.replace(old, new))
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-            moved = {k: np.char.replace(v, old, new) for k, v in arrays.items()
-                     if v.dtype.kind == "U" and np.char.find(v, old).max(initial=-1) >= 0}
-            if moved:
-                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, **{**arrays, **moved})
-
-
 # ------------------------------------------------------------------------------------------ running
 
 @dataclass
@@ -422,14 +298,14 @@ def plan(runs: list[SweepRun], sweep_dir: Path, books: list[Path]) -> list[tuple
     finish; used by ``--dry-run``."""
     out = []
     for i, run in enumerate(runs):
-        own = _done_prefix(manifest.load(sweep_dir / run.name).get("stages", {}), run.keys, books)
+        own = sharing.done_prefix(manifest.load(sweep_dir / run.name).get("stages", {}), run.keys, books)
         if len(own) == len(books):
             out.append((run, "complete", own))
             continue
         # earlier runs of this plan will have finished every notebook with their keys
-        planned = [_done_prefix({nb: {"status": "done", "key": k} for nb, k in r.keys.items()}, run.keys, books)
+        planned = [sharing.done_prefix({nb: {"status": "done", "key": k} for nb, k in r.keys.items()}, run.keys, books)
                    for r in runs[:i]]
-        out.append((run, "run", max([own, find_donor(run, sweep_dir, books)[1], *planned], key=len)))
+        out.append((run, "run", max([own, sharing.find_donor(run, sweep_dir, books)[1], *planned], key=len)))
     return out
 
 
@@ -487,17 +363,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
             checked.add((r.params["DATASET"], r.params.get("DATA_DIR")))
     sweep_dir = Path(sweep_dir or default_sweep_dir(spec)).expanduser().resolve()
     if dry_run:
-        planned = plan(runs, sweep_dir, books)
-        for run, status, shared in planned:
-            what = "complete, skipped" if status == "complete" else (
-                f"copies {shared[0][:2]}-{shared[-1][:2]}, runs the rest" if shared else "runs every notebook")
-            echo(f"{run.name}: {what}")
-        runs_per_nb = {nb.name: sum(1 for _, st, sh in planned if st == "run" and nb.name not in sh) for nb in books}
-        echo("notebook executions: " + ", ".join(f"{k[:2]} x{v}" for k, v in runs_per_nb.items()))
-        if estimate_from:
-            sec = estimate_seconds(planned, books, Path(estimate_from))
-            echo(f"estimated time from {estimate_from}: {sec / 60:.0f} min")
-        return sweep_dir, [RunOutcome(r, "planned", reused=",".join(s)) for r, _, s in planned]
+        return sweep_dir, _dry_run(runs, sweep_dir, books, estimate_from, echo)
 
     foreign = [f"{r.name} ({_identity_of(sweep_dir / r.name)})" for r in runs
                if _identity_of(sweep_dir / r.name) not in (None, _identity(spec, r))]
@@ -516,18 +382,18 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
         run_dir = sweep_dir / run.name
         t0 = time.time()
         m = manifest.load(run_dir)
-        own = _done_prefix(m.get("stages", {}), run.keys, books)
+        own = sharing.done_prefix(m.get("stages", {}), run.keys, books)
         if len(own) == len(books):
             outcomes.append(RunOutcome(run, "skipped (complete)"))
             echo(f"[{i}/{len(runs)}] {run.name}: complete, skipped")
             continue
         reused = ""
         try:
-            donor, shared = find_donor(run, sweep_dir, books)
+            donor, shared = sharing.find_donor(run, sweep_dir, books)
             if donor is not None and len(shared) > len(own):
                 if run_dir.exists():
                     shutil.rmtree(run_dir)  # an unfinished run of this sweep: the donor has more
-                adopt_stages(run_dir, donor, shared)
+                sharing.adopt_stages(run_dir, donor, shared)
                 reused = f"{shared[0][:2]}-{shared[-1][:2]} from {donor.name}"
             elif own:
                 reused = f"{own[0][:2]}-{own[-1][:2]} (own, resumed)"
@@ -554,6 +420,21 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
         except StudyRunError as exc:
             outcomes.append(RunOutcome(SweepRun(COMPARE_NOTEBOOK, {}, -1, {}, {}), "failed", error=str(exc)))
     return sweep_dir, outcomes
+
+
+def _dry_run(runs: list[SweepRun], sweep_dir: Path, books: list[Path], estimate_from, echo) -> list[RunOutcome]:
+    """Print what each run would share and run, and the estimated time; run nothing."""
+    planned = plan(runs, sweep_dir, books)
+    for run, status, shared in planned:
+        what = "complete, skipped" if status == "complete" else (
+            f"copies {shared[0][:2]}-{shared[-1][:2]}, runs the rest" if shared else "runs every notebook")
+        echo(f"{run.name}: {what}")
+    runs_per_nb = {nb.name: sum(1 for _, st, sh in planned if st == "run" and nb.name not in sh) for nb in books}
+    echo("notebook executions: " + ", ".join(f"{k[:2]} x{v}" for k, v in runs_per_nb.items()))
+    if estimate_from:
+        sec = estimate_seconds(planned, books, Path(estimate_from))
+        echo(f"estimated time from {estimate_from}: {sec / 60:.0f} min")
+    return [RunOutcome(r, "planned", reused=",".join(s)) for r, _, s in planned]
 
 
 def _identity(spec: SweepSpec, run: SweepRun) -> dict[str, Any]:

@@ -12,8 +12,13 @@ from improve_lib import data
 from improve_lib.errors import StudyInputError
 
 
+def build_split(dataset, data_dir, run_dir, n_train, n_test, seed, classes=None, min_per_class=1, resolution=64, **kw):
+    """``data.build_split`` with every class, no minimum class size and 64 px unless a test says otherwise."""
+    return data.build_split(dataset, data_dir, run_dir, n_train, n_test, seed, classes, min_per_class, resolution, **kw)
+
+
 def test_ham10000_split_by_lesion_and_counts(ham_dir, tmp_path):
-    r = data.build_split("ham10000", ham_dir, tmp_path, n_train=100, n_test=50, seed=0)
+    r = build_split("ham10000", ham_dir, tmp_path, n_train=100, n_test=50, seed=0)
     t = r.table
     assert list(t.columns[:5]) == data.SPLIT_COLUMNS
     train_groups = set(t.loc[t.split == "train", "group"])
@@ -31,9 +36,9 @@ def test_ham10000_split_by_lesion_and_counts(ham_dir, tmp_path):
 
 
 def test_ham10000_split_is_seeded(ham_dir, tmp_path):
-    a = data.build_split("ham10000", ham_dir, tmp_path, 20, 10, seed=1, verify=False).table
-    b = data.build_split("ham10000", ham_dir, tmp_path, 20, 10, seed=1, verify=False).table
-    c = data.build_split("ham10000", ham_dir, tmp_path, 20, 10, seed=2, verify=False).table
+    a = build_split("ham10000", ham_dir, tmp_path, 20, 10, seed=1, verify=False).table
+    b = build_split("ham10000", ham_dir, tmp_path, 20, 10, seed=1, verify=False).table
+    c = build_split("ham10000", ham_dir, tmp_path, 20, 10, seed=2, verify=False).table
     pd.testing.assert_frame_equal(a, b)
     assert set(a.path) != set(c.path)
 
@@ -48,13 +53,13 @@ def test_ham10000_alternative_folder_layout(ham_dir, tmp_path):
         part = "HAM10000_images_part_1" if i % 2 else "HAM10000_images_part_2"
         shutil.copy(ham_dir / "images_600x450" / f"{image_id}.jpg", tmp_path / part)
     meta[meta.image_id.isin(ids)].to_csv(tmp_path / "HAM10000_metadata.csv", index=False)
-    r = data.build_split("ham10000", tmp_path, tmp_path / "run", 5, 3, seed=0)
+    r = build_split("ham10000", tmp_path, tmp_path / "run", 5, 3, seed=0)
     assert len(r.table) == 7 * 8
     assert r.table.path.str.contains("part_").all()
 
 
 def test_bone_marrow_excludes_long_tail_visibly(bm_dir, tmp_path):
-    r = data.build_split("bone_marrow", bm_dir, tmp_path, n_train=100, n_test=50, seed=0, min_per_class=20)
+    r = build_split("bone_marrow", bm_dir, tmp_path, n_train=100, n_test=50, seed=0, min_per_class=20)
     assert r.class_names == ["ART", "BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO"]
     excl = r.excluded.set_index("class_name")
     assert len(excl) == 16, "every requested paper class is listed"
@@ -69,14 +74,14 @@ def test_bone_marrow_nested_layout_and_no_usable_class(bm_dir, tmp_path):
     nested.mkdir(parents=True)
     for p in sorted((bm_dir / "LYT").glob("*.jpg"))[:6]:
         shutil.copy(p, nested)
-    r = data.build_split("bone_marrow", tmp_path / "bm", tmp_path / "run", 3, 2, 0, classes=["LYT"], min_per_class=5)
+    r = build_split("bone_marrow", tmp_path / "bm", tmp_path / "run", 3, 2, 0, classes=["LYT"], min_per_class=5)
     assert len(r.table) == 5
     with pytest.raises(StudyInputError, match="no class .* at least MIN_PER_CLASS=50"):
-        data.build_split("bone_marrow", tmp_path / "bm", tmp_path / "run", 3, 2, 0, classes=["LYT"], min_per_class=50)
+        build_split("bone_marrow", tmp_path / "bm", tmp_path / "run", 3, 2, 0, classes=["LYT"], min_per_class=50)
 
 
 def test_synthetic_split_written_into_run(tmp_path):
-    r = data.build_split("synthetic", None, tmp_path, n_train=3, n_test=2, seed=0, resolution=16, progress=False)
+    r = build_split("synthetic", None, tmp_path, n_train=3, n_test=2, seed=0, resolution=16, progress=False)
     assert len(r.class_names) >= 6
     assert (r.table.groupby(["class_name", "split"]).size().unstack()[["train", "test"]].values == [3, 2]).all()
     assert all(str(tmp_path) in p for p in r.table.path)
@@ -92,14 +97,14 @@ def test_medmnist_npz(tmp_path):
         arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28, 3), dtype=np.uint8)
         arrays[f"{split}_labels"] = (np.arange(n) % 8).reshape(-1, 1)
     np.savez(tmp_path / "bloodmnist_28.npz", **arrays)
-    r = data.build_split("bloodmnist", tmp_path, tmp_path / "run", n_train=4, n_test=2, seed=0)
+    r = build_split("bloodmnist", tmp_path, tmp_path / "run", n_train=4, n_test=2, seed=0)
     assert len(r.class_names) == 8 and len(r.table) == 8 * 6
     assert (r.table[r.table.split == "test"].group.str.startswith("test-")).all()
     assert data.load_image(r.table.path[0], 16).shape == (3, 16, 16)
     del arrays["test_labels"]
     np.savez(tmp_path / "dermamnist.npz", **arrays)
     with pytest.raises(StudyInputError, match="lacks key.*test_labels"):
-        data.build_split("dermamnist", tmp_path, tmp_path / "run2", 4, 2, 0)
+        build_split("dermamnist", tmp_path, tmp_path / "run2", 4, 2, 0)
 
 
 def test_load_image_center_crop(tmp_path):
@@ -132,7 +137,7 @@ def test_truncated_image_is_named(ham_dir, tmp_path):
     victim = tmp_path / "images" / f"{keep.image_id.iloc[0]}.jpg"
     victim.write_bytes(victim.read_bytes()[:400])
     with pytest.raises(StudyInputError, match=victim.name):
-        data.build_split("ham10000", tmp_path, tmp_path / "run", 10, 10, 0)
+        build_split("ham10000", tmp_path, tmp_path / "run", 10, 10, 0)
     assert not (tmp_path / "run").exists()
 
 
@@ -140,27 +145,27 @@ def test_metadata_missing_column_is_named(ham_dir, tmp_path):
     keep = _ham_copy(ham_dir, tmp_path, n=2)
     keep.drop(columns="lesion_id").to_csv(tmp_path / "HAM10000_metadata.csv", index=False)
     with pytest.raises(StudyInputError, match="lesion_id"):
-        data.build_split("ham10000", tmp_path, tmp_path / "run", 1, 1, 0)
+        build_split("ham10000", tmp_path, tmp_path / "run", 1, 1, 0)
 
 
 def test_unknown_class_is_named(ham_dir, bm_dir, tmp_path):
     with pytest.raises(StudyInputError, match="melanomaX"):
-        data.build_split("ham10000", ham_dir, tmp_path, 1, 1, 0, classes=["mel", "melanomaX"])
+        build_split("ham10000", ham_dir, tmp_path, 1, 1, 0, classes=["mel", "melanomaX"])
     with pytest.raises(StudyInputError, match="XYZ"):
-        data.build_split("bone_marrow", bm_dir, tmp_path, 1, 1, 0, classes=["LYT", "XYZ"])
+        build_split("bone_marrow", bm_dir, tmp_path, 1, 1, 0, classes=["LYT", "XYZ"])
     with pytest.raises(StudyInputError, match="plasma"):
-        data.build_split("synthetic", None, tmp_path, 1, 1, 0, classes=["plasma"])
+        build_split("synthetic", None, tmp_path, 1, 1, 0, classes=["plasma"])
 
 
 def test_missing_data_dir_and_unknown_dataset(tmp_path):
     with pytest.raises(StudyInputError, match="does not exist"):
-        data.build_split("ham10000", tmp_path / "nowhere", tmp_path, 1, 1, 0)
+        build_split("ham10000", tmp_path / "nowhere", tmp_path, 1, 1, 0)
     with pytest.raises(StudyInputError, match="needs DATA_DIR"):
-        data.build_split("bone_marrow", None, tmp_path, 1, 1, 0)
+        build_split("bone_marrow", None, tmp_path, 1, 1, 0)
     with pytest.raises(StudyInputError, match="unknown DATASET"):
-        data.build_split("imagenet", tmp_path, tmp_path, 1, 1, 0)
+        build_split("imagenet", tmp_path, tmp_path, 1, 1, 0)
     with pytest.raises(StudyInputError, match="HAM10000_metadata.csv"):
-        data.build_split("ham10000", tmp_path, tmp_path, 1, 1, 0)
+        build_split("ham10000", tmp_path, tmp_path, 1, 1, 0)
 
 
 def test_read_split_says_what_to_run(tmp_path):

@@ -10,10 +10,11 @@ import nbformat
 import pytest
 import yaml
 
-from improve_lib import notebook_tools, pipeline
+from improve_lib import notebook_tools, parameters
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PROFILES = sorted(p.stem for p in (REPO / "params").glob("*.yaml"))
 
 
 def _norm(req: str) -> str:
@@ -30,8 +31,8 @@ def test_environment_yml_matches_pyproject():
 
 def test_there_are_notebooks_and_profiles():
     assert NOTEBOOKS, "no numbered notebooks found"
-    for profile in ("smoke", "demo", "paper"):
-        assert pipeline.load_profile(profile)["SEED"] is not None
+    for profile in PROFILES:
+        assert parameters.resolve_params(profile)["SEED"] is not None
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -61,40 +62,51 @@ def test_papermill_sees_every_parameter(path):
     nb = nbformat.read(path, as_version=4)
     source = nb.cells[notebook_tools.parameter_cells(path)[0]].source
     names = {ast.parse(line).body[0].targets[0].id for line in source.splitlines() if line.strip()}
-    assert set(pipeline.declared_parameters(path)) == names
+    assert set(parameters.declared_parameters(path)) == names
 
 
-def test_every_profile_key_is_a_notebook_parameter():
-    """A typo in a profile would otherwise be ignored silently."""
-    declared = set()
-    for nb in NOTEBOOKS:
-        declared |= set(pipeline.declared_parameters(nb))
-    for profile in ("smoke", "demo", "paper"):
-        raw = pipeline.load_profile(profile)
-        keys = set(raw) - {"datasets"}
-        for per_dataset in (raw.get("datasets") or {}).values():
-            keys |= set(per_dataset or {})
-        assert not keys - declared, f"params/{profile}.yaml: {sorted(keys - declared)} are not notebook parameters"
+def test_a_parameter_has_one_default():
+    """A parameter declared by several notebooks (SEED, RESOLUTION, ARMS, ...) has the same default in each."""
+    seen: dict[str, tuple[str, object]] = {}
+    for name, defaults in parameters.all_declared().items():
+        for key, value in defaults.items():
+            first = seen.setdefault(key, (name, value))
+            assert first[1] == value, f"{key}: {first[1]!r} in {first[0]} but {value!r} in {name}"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profiles_hold_only_differences_from_the_notebook_defaults(profile):
+    """One source for every default: a profile names only notebook parameters (a typo would otherwise be
+    ignored), and only with values other than the notebooks' defaults (else it would be a second home)."""
+    declared: dict[str, object] = {}
+    for defaults in parameters.all_declared().values():
+        declared.update(defaults)
+    raw = parameters.load_profile(profile)
+    per_dataset = raw.pop("datasets", None) or {}
+    unknown = sorted(set(raw).union(*[set(v or {}) for v in per_dataset.values()]) - set(declared))
+    assert not unknown, f"params/{profile}.yaml: {unknown} are not notebook parameters"
+    repeated = sorted(k for k, v in raw.items() if declared[k] == v)
+    assert not repeated, f"params/{profile}.yaml repeats the notebook defaults of {repeated}"
+    for dataset, values in per_dataset.items():
+        same = sorted(k for k, v in (values or {}).items() if raw.get(k, declared[k]) == v)
+        assert not same, f"params/{profile}.yaml, datasets.{dataset}: {same} change nothing"
 
 
 def test_paper_profile_is_table_2():
-    p = pipeline.load_profile("paper")
-    assert (p["RESOLUTION"], p["BASE_CHANNELS"], p["CHANNEL_MULT"], p["LAYERS_PER_BLOCK"], p["DROPOUT"]) == \
-        (64, 64, [1, 2, 4, 8], 2, 0.1)
-    assert (p["LR"], p["BATCH_SIZE"], p["EPOCHS"], p["N_TRAIN"], p["N_TEST"], p["STEPS"], p["N_PER_CLASS"]) == \
-        (1e-4, 16, 1500, 100, 50, 50, 100)
-    assert p["CLASSIFIER"] == "resnext50_32x4d" and p["CLASS_EMBEDDING_MAP"] == "none"
+    """The paper profile, resolved (notebook defaults + profile), is the paper's Table 2 and section 4."""
+    for dataset in ("ham10000", "bone_marrow"):
+        p = parameters.resolve_params("paper", dataset=dataset)
+        assert (p["RESOLUTION"], p["BASE_CHANNELS"], p["CHANNEL_MULT"], p["LAYERS_PER_BLOCK"], p["DROPOUT"]) == \
+            (64, 64, [1, 2, 4, 8], 2, 0.1)
+        assert (p["LR"], p["BATCH_SIZE"], p["EPOCHS"], p["MAX_STEPS"], p["NUM_TRAIN_TIMESTEPS"]) == \
+            (1e-4, 16, 1500, None, 1000)
+        assert (p["N_TRAIN"], p["N_TEST"], p["STEPS"], p["N_PER_CLASS"], p["GUIDANCE_SCALE"]) == (100, 50, 50, 100, 1.8)
+        assert (p["K"], p["GAMMA"], p["LAMBDA"], p["P_UNCOND"], p["BETA_SCHEDULE"]) == (1, 1.0, 0.001, 0.1, "linear")
+        assert p["CLASSIFIER"] == "resnext50_32x4d" and p["CLASS_EMBEDDING_MAP"] == "none"
+        assert p["ENCODER"] == "open_clip:ViT-L-14:openai" and p["DATASET"] == dataset
 
 
-def test_notebook_defaults_are_the_demo_profile():
+def test_demo_profile_is_the_notebook_defaults():
     """Opened in JupyterLab and run top to bottom, the notebooks do what `make study` does (the demo
     profile, minutes on a laptop CPU), not a paper-scale run."""
-    import ast
-
-    from improve_lib import pipeline
-
-    demo = pipeline.load_profile("demo")
-    for nb in pipeline.list_notebooks():
-        for key, default in pipeline.declared_parameters(nb).items():
-            if key in demo:
-                assert ast.literal_eval(default) == demo[key], f"{nb.name}: {key} = {default}, demo.yaml: {demo[key]}"
+    assert parameters.load_profile("demo") == {}

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from improve_lib.errors import StudyInputError
-from improve_lib.models import (build_unet, count_flops_per_step, freeze_class_table, model_config,
-                                noise_scheduler, null_label, prototype_class_table, state_dict_sha256)
+from improve_lib.models import build_unet, count_flops_per_step, freeze_class_table, model_config, null_label, \
+    state_dict_sha256
+from improve_lib.objective import noise_scheduler
+from improve_lib.prototypes import class_table_rows
 from improve_lib.sample import ddim_sample, guided_epsilon, sample_grid
 
 C, D, COND = 3, 24, 8
 TINY = {"SEED": 7, "RESOLUTION": 16, "BASE_CHANNELS": 8, "CHANNEL_MULT": [1, 2], "LAYERS_PER_BLOCK": 1,
-        "DROPOUT": 0.0, "COND_DIM": COND, "NORM_GROUPS": 8, "ATTENTION": False}
+        "DROPOUT": 0.0, "COND_DIM": COND, "NORM_GROUPS": 8, "ATTENTION": False, "CLASS_EMBEDDING_COMBINE": "concat"}
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def table():
     rng = np.random.default_rng(0)
     protos = torch.from_numpy(rng.normal(size=(C, D)).astype(np.float32))
     vectors = rng.normal(size=(20, D))
-    return prototype_class_table(protos, "pca", COND, vectors, seed=0)
+    return class_table_rows(protos, "pca", COND, vectors, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +100,12 @@ def test_refreeze_after_save_pretrained_and_plain_from_pretrained(tmp_path, prot
 def test_pca_map_shape_rms_and_determinism():
     rng = np.random.default_rng(1)
     protos, vectors = rng.normal(size=(C, D)), rng.normal(size=(50, D)) * 5 + 2
-    t1 = prototype_class_table(protos, "pca", COND, vectors, seed=0)
-    t2 = prototype_class_table(protos, "pca", COND, vectors, seed=0)
+    t1 = class_table_rows(protos, "pca", COND, vectors, seed=0)
+    t2 = class_table_rows(protos, "pca", COND, vectors, seed=0)
     assert t1.shape == (C, COND) and t1.dtype == torch.float32
     assert torch.allclose(t1.pow(2).mean().sqrt(), torch.tensor(1.0), atol=1e-5)
     assert torch.equal(t1, t2)
-    none = prototype_class_table(protos * 40, "none", None)
+    none = class_table_rows(protos * 40, "none", None)
     assert none.shape == (C, D) and torch.allclose(none.pow(2).mean().sqrt(), torch.tensor(1.0), atol=1e-5)
     # a global rescale keeps the prototypes' geometry (cosines unchanged)
     cos = torch.nn.functional.cosine_similarity
@@ -114,13 +116,13 @@ def test_pca_map_shape_rms_and_determinism():
 def test_table_map_errors_name_the_parameter():
     protos = np.ones((C, D)) + np.eye(C, D)
     with pytest.raises(StudyInputError, match="COND_DIM"):
-        prototype_class_table(protos, "none", COND)  # D != COND_DIM without a map
+        class_table_rows(protos, "none", COND)  # D != COND_DIM without a map
     with pytest.raises(StudyInputError, match="train"):
-        prototype_class_table(protos, "pca", COND, None)
+        class_table_rows(protos, "pca", COND, None)
     with pytest.raises(StudyInputError, match="COND_DIM"):
-        prototype_class_table(protos, "pca", 30, np.random.default_rng(0).normal(size=(10, D)))
+        class_table_rows(protos, "pca", 30, np.random.default_rng(0).normal(size=(10, D)))
     with pytest.raises(StudyInputError, match="CLASS_EMBEDDING_MAP"):
-        prototype_class_table(protos, "umap", COND)
+        class_table_rows(protos, "umap", COND)
     with pytest.raises(StudyInputError, match="NORM_GROUPS"):
         model_config({**TINY, "NORM_GROUPS": 32})
     with pytest.raises(StudyInputError, match=r"\[3, COND_DIM=8\]"):
@@ -131,7 +133,7 @@ def test_prototypes_wider_than_the_table_are_handled(table):
     # D=24 prototypes through the PCA map into an 8-wide table; "none" makes the table D wide
     model = build_unet(TINY, C, table, freeze=True)
     assert model.class_embedding.weight.shape == (C + 1, COND)
-    wide = prototype_class_table(torch.randn(C, D), "none", None)
+    wide = class_table_rows(torch.randn(C, D), "none", None)
     model = build_unet({**TINY, "COND_DIM": D}, C, wide, freeze=True)
     assert model.class_embedding.weight.shape == (C + 1, D)
 
@@ -143,7 +145,7 @@ def test_flop_counter():
 
 # ----------------------------------------------------------------------------------------- sampler
 
-SCHED = dict(noise_scheduler({}).config)
+SCHED = dict(noise_scheduler({"NUM_TRAIN_TIMESTEPS": 1000, "BETA_SCHEDULE": "linear"}).config)
 
 
 def test_batched_cfg_equals_two_pass_formula(proto_model):
@@ -170,7 +172,7 @@ class CountingModel(torch.nn.Module):
 
 def test_ddim_one_forward_per_step_same_seed_same_output(proto_model):
     counting = CountingModel(proto_model)
-    kw = dict(scheduler_config=SCHED, guidance_scale=1.5, steps=3)
+    kw = dict(scheduler_config=SCHED, guidance_scale=1.5, steps=3, eta=0.0)
     a = ddim_sample(counting, [0, 1, 2], seeds=[5, 6, 7], **kw)
     assert counting.calls == [6, 6, 6]  # [cond; uncond] of 3 images, once per step
     b = ddim_sample(proto_model, [0, 1, 2], seeds=[5, 6, 7], **kw)
@@ -191,13 +193,13 @@ def test_single_image_regenerated_alone_equals_its_slot(proto_model, eta):
 
 def test_sampler_rejects_bad_labels_and_seed_counts(proto_model):
     with pytest.raises(StudyInputError, match="class_labels"):
-        ddim_sample(proto_model, [C], seeds=[0], scheduler_config=SCHED, guidance_scale=0.0, steps=1)
+        ddim_sample(proto_model, [C], seeds=[0], scheduler_config=SCHED, guidance_scale=0.0, steps=1, eta=0.0)
     with pytest.raises(StudyInputError, match="seeds"):
-        ddim_sample(proto_model, [0, 1], seeds=[0], scheduler_config=SCHED, guidance_scale=0.0, steps=1)
+        ddim_sample(proto_model, [0, 1], seeds=[0], scheduler_config=SCHED, guidance_scale=0.0, steps=1, eta=0.0)
 
 
 def test_sample_grid_one_row_per_class(proto_model):
-    grid = sample_grid(proto_model, C, scheduler_config=SCHED, per_class=2, steps=2, guidance_scale=1.0)
+    grid = sample_grid(proto_model, C, scheduler_config=SCHED, per_class=2, steps=2, guidance_scale=1.0, seed=0)
     assert grid.shape == (3, 2 + C * 18, 2 + 2 * 18)  # make_grid padding 2
 
 

@@ -1,14 +1,12 @@
-"""Pixel morphology checker: validated on fresh synthetic cells, exact on hand-drawn shapes."""
+"""Pixel morphology checker (improve_lib.morphology) and its tables (improve_lib.plausibility): validated on
+fresh synthetic cells, exact on hand-drawn shapes."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from improve_lib import morphology
+from improve_lib import morphology, plausibility
 from improve_lib.data import synthetic_cells as sc
 from improve_lib.errors import StudyInputError
 
@@ -18,7 +16,7 @@ VALIDATION_SEEDS = {32: 4242, 64: 4343}
 
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_validation_own_class_plausible_other_classes_not(resolution):
-    table = morphology.validation_table(resolution, n_per_class=40, seed=VALIDATION_SEEDS[resolution])
+    table = plausibility.validation_table(resolution, n_per_class=40, seed=VALIDATION_SEEDS[resolution])
     assert list(table.index) == list(sc.CLASSES) and list(table.columns) == list(sc.CLASSES)
     for true in sc.CLASSES:
         own = table.loc[true, true]
@@ -96,7 +94,7 @@ def test_bands_come_from_rules():
 
 
 def test_criteria_ids_match_the_review_criteria():
-    from improve_lib.review import load_criteria
+    from improve_lib.review.tasks import load_criteria
 
     assert [c["id"] for c in load_criteria("synthetic")["criteria"]] == list(morphology.CRITERIA)
 
@@ -110,7 +108,7 @@ def test_check_images_and_objective_table(tmp_path):
                 img, _ = sc.render_cell(drawn, sc.image_rng(77, drawn, i), 32)
                 (tmp_path / "samples" / arm / folder).mkdir(parents=True, exist_ok=True)
                 img.save(tmp_path / "samples" / arm / folder / f"{i}.png")
-    table, checks = morphology.objective_plausibility_table(tmp_path, return_checks=True)
+    table, checks = plausibility.objective_plausibility_table(tmp_path, ("baseline", "prototype"), return_checks=True)
     assert list(table.index) == ["lymphocyte", "blast", "mean"]
     assert table.loc["lymphocyte", "baseline %"] == 100 and table.loc["blast", "baseline %"] == 0
     assert table.loc["blast", "prototype %"] == 100 and table.loc["mean", "baseline %"] == 50
@@ -120,7 +118,7 @@ def test_check_images_and_objective_table(tmp_path):
     wrong = checks[(checks.arm == "baseline") & (checks.intended_class == "blast")]
     assert not wrong.plausible.any() and wrong.failed.str.contains("cell_size").all()
     with pytest.raises(StudyInputError, match="3 paths but 2"):
-        morphology.check_images(list(checks.path[:3]), ["blast", "blast"])
+        plausibility.check_images(list(checks.path[:3]), ["blast", "blast"])
 
 
 def test_measure_is_fast():

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from improve_lib import notebook_tools, pipeline
+from improve_lib import notebook_tools, parameters
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_notebooks_under_nbval(tmp_path):
-    params = pipeline.resolve_params("smoke")
+    params = parameters.resolve_params("smoke")
     params["RUN_DIR"] = str(tmp_path / "run")
     prepared = []
-    for nb in pipeline.list_notebooks():
-        declared = pipeline.declared_parameters(nb)
+    for nb in parameters.list_notebooks():
+        declared = parameters.declared_parameters(nb)
         out = tmp_path / "nbs" / nb.name
         out.parent.mkdir(exist_ok=True)
         prepared.append(notebook_tools.prepare(nb, out, {k: params[k] for k in declared if k in params}))

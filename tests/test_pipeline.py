@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import yaml
 
-from improve_lib import pipeline
+from improve_lib import parameters, pipeline
 from improve_lib.errors import StudyInputError
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def _check_run(run_dir, dataset, notebooks):
     return m
 
 
-ALL = [p.name for p in pipeline.list_notebooks()]
+ALL = [p.name for p in parameters.list_notebooks()]
 
 
 @pytest.mark.parametrize("dataset,upto", [("synthetic", None), ("ham10000", "04"), ("bone_marrow", "04")])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from improve_lib.errors import StudyInputError
+from improve_lib.parameters import notebook_defaults
 from improve_lib.prototypes import (
     class_embedding_from_prototypes,
     dce_loss,
@@ -28,6 +29,15 @@ BONE_MARROW_CLASSES = ["ART", "BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see conftest.one_thread
+
+
+def cpl(x, y, names, **settings):
+    """``train_prototypes`` with notebook 03's settings (the library has no defaults of its own)."""
+    nb = notebook_defaults("03")
+    defaults = dict(k=nb["K"], gamma=nb["GAMMA"], lam=nb["LAMBDA"], projection=nb["PROJECTION"],
+                    epochs=nb["PROTO_EPOCHS"], lr=nb["PROTO_LR"], batch_size=nb["PROTO_BATCH_SIZE"], seed=nb["SEED"],
+                    progress=False)
+    return train_prototypes(x, y, names, **{**defaults, **settings})
 
 
 # Two classes, K=2, 2-d features. Class 0 prototypes (0,1), (1,0); class 1 prototypes (2,2), (3,0).
@@ -100,33 +110,33 @@ def test_k_larger_than_class_size_names_class():
     x, y = _gaussians(5)
     x, y = x[:12], y[:12]  # class 2 keeps only 2 images
     with pytest.raises(StudyInputError, match=r"'c2': 2"):
-        train_prototypes(x, y, ["c0", "c1", "c2"], k=3, epochs=1, progress=False)
+        cpl(x, y, ["c0", "c1", "c2"], k=3, epochs=1)
 
 
 def test_non_finite_and_bad_inputs_are_rejected():
     x, y = _gaussians(4)
     x[3, 1] = np.nan
     with pytest.raises(StudyInputError, match="non-finite"):
-        train_prototypes(x, y, ["a", "b", "c"], epochs=1, progress=False)
+        cpl(x, y, ["a", "b", "c"], epochs=1)
     x, y = _gaussians(4)
     with pytest.raises(StudyInputError, match="labels"):
-        train_prototypes(x, y + 1, ["a", "b", "c"], epochs=1, progress=False)
+        cpl(x, y + 1, ["a", "b", "c"], epochs=1)
     with pytest.raises(StudyInputError, match="PROJECTION"):
-        train_prototypes(x, y, ["a", "b", "c"], projection="mlp", epochs=1, progress=False)
+        cpl(x, y, ["a", "b", "c"], projection="mlp", epochs=1)
     # settings are named as notebook 03's parameters, only the wrong ones
     with pytest.raises(StudyInputError, match=r"GAMMA=0 \(expected > 0\); PROTO_EPOCHS=0 \(expected >= 1\)$"):
-        train_prototypes(x, y, ["a", "b", "c"], gamma=0, epochs=0, progress=False)
+        cpl(x, y, ["a", "b", "c"], gamma=0, epochs=0)
 
 
 def test_training_is_deterministic_for_a_seed():
     x, y = _gaussians(10)
-    runs = [train_prototypes(x, y, ["a", "b", "c"], k=2, epochs=5, batch_size=8, seed=3, progress=False)
+    runs = [cpl(x, y, ["a", "b", "c"], k=2, epochs=5, batch_size=8, seed=3)
             for _ in range(2)]
     assert torch.equal(runs[0].prototypes, runs[1].prototypes)
     assert runs[0].history == runs[1].history
     assert [h["epoch"] for h in runs[0].history] == [1, 2, 3, 4, 5]
     assert set(runs[0].history[0]) == {"epoch", "loss", "dce", "pl", "train_acc"}
-    other = train_prototypes(x, y, ["a", "b", "c"], k=2, epochs=5, batch_size=8, seed=4, progress=False)
+    other = cpl(x, y, ["a", "b", "c"], k=2, epochs=5, batch_size=8, seed=4)
     assert not torch.equal(runs[0].prototypes, other.prototypes)
 
 
@@ -134,7 +144,7 @@ def test_training_is_deterministic_for_a_seed():
 def test_cpl_separates_toy_gaussians(projection, k):
     x, y = _gaussians(40)
     xt, yt = _gaussians(40, noise_seed=7)  # same class centres, fresh samples
-    res = train_prototypes(x, y, ["a", "b", "c"], k=k, projection=projection, epochs=30, progress=False)
+    res = cpl(x, y, ["a", "b", "c"], k=k, projection=projection, epochs=30)
     assert res.prototypes.shape == (3, k, 6)
     assert (res.projection is None) == (projection == "none")
     assert res.history[-1]["loss"] < res.history[0]["loss"]
@@ -154,17 +164,17 @@ def test_cpl_separates_toy_gaussians(projection, k):
 def test_save_load_round_trip(tmp_path, projection):
     x, y = _gaussians(6)
     names = ["blast", "eosinophil", "lymphocyte"]
-    res = train_prototypes(x, y, names, k=2, projection=projection, epochs=2, progress=False)
+    res = cpl(x, y, names, k=2, projection=projection, epochs=2)
     written = save_prototypes(tmp_path, res, names, "efficientnet-lite0", class_means=None)
     assert ("projection" in written) == (projection == "linear")
-    protos, got_names, meta = load_prototypes(tmp_path / "prototypes.safetensors")
+    protos, got_names, meta = load_prototypes(tmp_path / "prototypes" / "prototypes.safetensors")
     assert got_names == names and torch.equal(protos, res.prototypes)
     assert meta["encoder_id"] == "efficientnet-lite0" and meta["k"] == "2" and meta["projection"] == projection
     assert json.loads(meta["class_names"]) == names and "L2-normalised" in meta["feature_space"]
-    table, got_names, meta2 = load_class_embeddings(tmp_path / "class_embeddings.safetensors")
+    table, got_names, meta2 = load_class_embeddings(tmp_path / "prototypes" / "class_embeddings.safetensors")
     assert got_names == names and table.shape == (3, 6)
     assert torch.equal(table, class_embedding_from_prototypes(res.prototypes, res.class_means))
-    assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave no temp files
+    assert not list((tmp_path / "prototypes").glob("*.tmp*"))  # atomic writes leave no temp files
     with pytest.raises(StudyInputError, match="class_names"):
         save_prototypes(tmp_path, res, names[::-1], "efficientnet-lite0")
 
@@ -208,7 +218,7 @@ def test_cpl_on_real_bone_marrow_beats_chance(tmp_path):
     enc = load_encoder("efficientnet-lite0")
     vectors = embed_paths(train + test, enc, tmp_path / "cache", progress=False)
     x_train, x_test = vectors[:len(train)], vectors[len(train):]
-    res = train_prototypes(x_train, y_train, BONE_MARROW_CLASSES, progress=False)
+    res = cpl(x_train, y_train, BONE_MARROW_CLASSES)
     m = prototype_metrics(res, x_train, y_train, x_test, y_test)
     print(f"\nBone Marrow, {enc.id}, {n_train}+{n_test}/class: CPL test accuracy "
           f"{m['cpl']['test_accuracy']:.3f}, class means {m['class_means']['test_accuracy']:.3f}, "
@@ -220,9 +230,9 @@ def test_class_means_as_class_embeddings(tmp_path):
     """CLASS_EMBEDDING="class_means": the table notebook 04 freezes is the class means, labelled so."""
     x, y = _gaussians(6)
     names = ["blast", "eosinophil", "lymphocyte"]
-    res = train_prototypes(x, y, names, k=1, epochs=2, progress=False)
+    res = cpl(x, y, names, k=1, epochs=2)
     save_prototypes(tmp_path, res, names, "efficientnet-lite0", class_embedding="class_means")
-    table, _, meta = load_class_embeddings(tmp_path / "class_embeddings.safetensors")
+    table, _, meta = load_class_embeddings(tmp_path / "prototypes" / "class_embeddings.safetensors")
     assert torch.allclose(table, res.class_means) and not torch.allclose(table, res.prototypes[:, 0])
     assert "mean of f(x)" in meta["class_embedding_rule"]
     with pytest.raises(StudyInputError, match="CLASS_EMBEDDING must be one of"):

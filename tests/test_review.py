@@ -10,9 +10,16 @@ import warnings
 import pandas as pd
 import pytest
 
-from improve_lib import review
+from improve_lib.review import agreement, label_studio, tables
+from improve_lib.review import app as review_app
+from improve_lib.review import tasks as review_tasks
 from improve_lib.data import synthetic_cells as sc
 from improve_lib.errors import StudyInputError
+
+
+def build_tasks(run, arms=review_tasks.ARMS, seed=0, n_per_class=None):
+    """Blinded review tasks with notebook 07's arms and the given seed (all images by default)."""
+    return review_tasks.build_review_tasks(run, arms, seed, n_per_class)
 
 ARMS = ("baseline", "prototype")
 CLASSES = ("lymphocyte", "blast")
@@ -41,8 +48,8 @@ def run(_template, tmp_path):
 
 @pytest.fixture
 def app(run):
-    review.build_review_tasks(run, seed=7)
-    return review.ReviewApp(run, "alice", "synthetic")
+    build_tasks(run, seed=7)
+    return review_app.ReviewApp(run, "alice", "synthetic")
 
 
 def _tick_all(app, value=True):
@@ -59,42 +66,42 @@ def _walk(widget):
 # ---- criteria -----------------------------------------------------------------------------------
 
 def test_criteria_files_load_and_match_the_paper():
-    bm = review.load_criteria("bone_marrow")
+    bm = review_tasks.load_criteria("bone_marrow")
     assert [c["id"] for c in bm["criteria"]] == [
         "cell_size", "nucleus_shape_size", "nc_ratio", "cytoplasm", "chromatin", "inclusions", "granules"]
-    ham = review.load_criteria("ham10000")
+    ham = review_tasks.load_criteria("ham10000")
     assert len(ham["criteria"]) == 5 and "dermatologist" in ham["note"]
     for ds in ("bone_marrow", "ham10000", "synthetic"):
-        c = review.load_criteria(ds)
+        c = review_tasks.load_criteria(ds)
         assert c["dataset"] == ds and isinstance(c["version"], str) and c["source"]
     with pytest.raises(StudyInputError, match="no criteria file"):
-        review.load_criteria("mnist")
+        review_tasks.load_criteria("mnist")
 
 
 def test_duplicate_or_incomplete_criteria_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(review, "CRITERIA_DIR", tmp_path)
+    monkeypatch.setattr(review_tasks, "CRITERIA_DIR", tmp_path)
     base = "dataset: x\nversion: '1.0'\nsource: s\nnote: n\ncriteria:\n"
     (tmp_path / "dup.yaml").write_text(base + "  - {id: size, name: Size, question: q}\n"
                                               "  - {id: size, name: Size again, question: q}\n")
     with pytest.raises(StudyInputError, match="duplicate criterion id 'size'"):
-        review.load_criteria("dup")
+        review_tasks.load_criteria("dup")
     (tmp_path / "noq.yaml").write_text(base + "  - {id: size, name: Size}\n")
     with pytest.raises(StudyInputError, match="'question'"):
-        review.load_criteria("noq")
+        review_tasks.load_criteria("noq")
     (tmp_path / "nover.yaml").write_text("dataset: x\nsource: s\nnote: n\n"
                                          "criteria:\n  - {id: a, name: A, question: q}\n")
     with pytest.raises(StudyInputError, match="missing field 'version'"):
-        review.load_criteria("nover")
+        review_tasks.load_criteria("nover")
     (tmp_path / "badid.yaml").write_text(base + "  - {id: Cell Size, name: Size, question: q}\n")
     with pytest.raises(StudyInputError, match="snake_case"):
-        review.load_criteria("badid")
+        review_tasks.load_criteria("badid")
 
 
 # ---- tasks and blinding -------------------------------------------------------------------------
 
 def test_tasks_are_blinded_shuffled_and_reproducible(run, tmp_path, _template):
-    tasks = review.build_review_tasks(run, seed=7)
-    assert list(tasks.columns) == review.TASK_COLUMNS and len(tasks) == 2 * 2 * N
+    tasks = build_tasks(run, seed=7)
+    assert list(tasks.columns) == review_tasks.TASK_COLUMNS and len(tasks) == 2 * 2 * N
     assert tasks.task_id.str.fullmatch(r"[0-9a-f]{12}").all() and tasks.task_id.is_unique
     assert list(tasks.position) == list(range(len(tasks)))
     assert set(tasks.arm) == set(ARMS) and not tasks.image_path.str.startswith("/").any()
@@ -106,35 +113,35 @@ def test_tasks_are_blinded_shuffled_and_reproducible(run, tmp_path, _template):
 
     other = tmp_path / "other"
     shutil.copytree(_template, other)
-    again = review.build_review_tasks(other, seed=7)
+    again = build_tasks(other, seed=7)
     pd.testing.assert_frame_equal(again, tasks)
     shutil.rmtree(other / "review")
-    assert list(review.build_review_tasks(other, seed=8).task_id) != list(tasks.task_id)
+    assert list(build_tasks(other, seed=8).task_id) != list(tasks.task_id)
 
     # An existing review is reused as it is, never reshuffled.
     with pytest.warns(UserWarning, match="reusing it unchanged"):
-        reused = review.build_review_tasks(run, seed=99)
+        reused = build_tasks(run, seed=99)
     pd.testing.assert_frame_equal(reused, tasks)
 
 
 def test_n_per_class_subsamples(run):
-    tasks = review.build_review_tasks(run, seed=1, n_per_class=2)
+    tasks = build_tasks(run, seed=1, n_per_class=2)
     assert len(tasks) == 8
     assert tasks.groupby(["arm", "intended_class"]).size().eq(2).all()
 
 
 def test_missing_samples_and_deleted_images_are_named(run, tmp_path):
     with pytest.raises(StudyInputError, match="no samples for arm 'ablation'"):
-        review.build_review_tasks(run, arms=("baseline", "ablation"))
-    tasks = review.build_review_tasks(run, seed=7)
+        build_tasks(run, arms=("baseline", "ablation"))
+    tasks = build_tasks(run, seed=7)
     victim = run / tasks.image_path[4]
     victim.unlink()
     with pytest.raises(StudyInputError, match=tasks.image_path[4]):
-        review.ReviewApp(run, "alice", "synthetic")
+        review_app.ReviewApp(run, "alice", "synthetic")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(StudyInputError, match="missing"):
-            review.build_review_tasks(run, seed=7)
+            build_tasks(run, seed=7)
 
 
 def test_widget_never_reveals_the_arm(app, run):
@@ -192,10 +199,10 @@ def test_judgments_are_appended_and_synced(app, run):
     app.implausible_button.click()
     path = run / "review" / "alice.csv"
     lines = path.read_text(encoding="utf-8").splitlines()  # what is on disk, not in a buffer
-    assert lines[0] == ",".join(review.JUDGMENT_COLUMNS) and len(lines) == 3
+    assert lines[0] == ",".join(review_tasks.JUDGMENT_COLUMNS) and len(lines) == 3
     assert lines[1].startswith(f"{first},alice,true,,crisp,")
     assert lines[2].startswith(f"{second},alice,false,cell_size;granules,,")
-    j = review.read_judgments(run, "alice")
+    j = review_tasks.read_judgments(run, "alice")
     assert list(j.task_id) == [first, second] and list(j.plausible) == [True, False]
     assert (j.criteria_version == "1.0").all()
     assert app.progress.value == 2 and app.progress_label.value == "2 / 12 judged"
@@ -205,7 +212,7 @@ def test_resume_back_next_and_nothing_overwritten(app, run):
     for _ in range(3):
         _tick_all(app)
         app.plausible_button.click()
-    reopened = review.ReviewApp(run, "alice", "synthetic")
+    reopened = review_app.ReviewApp(run, "alice", "synthetic")
     assert reopened.index == 3 and reopened.n_judged == 3
     assert reopened.progress_label.value == "3 / 12 judged"
     reopened.back_button.click()
@@ -218,9 +225,9 @@ def test_resume_back_next_and_nothing_overwritten(app, run):
     assert after.startswith(before) and len(after) > len(before)
     assert reopened.index == 3  # on to the first unjudged task after it
     task2 = reopened._tasks.task_id[2]
-    history = review.read_judgments(run, "alice", latest=False)
+    history = review_tasks.read_judgments(run, "alice", latest=False)
     assert list(history[history.task_id == task2].plausible) == [True, False]
-    assert not review.read_judgments(run, "alice").set_index("task_id").loc[task2, "plausible"]
+    assert not review_tasks.read_judgments(run, "alice").set_index("task_id").loc[task2, "plausible"]
     reopened.next_button.click()
     assert reopened.index == 4
     for _ in range(20):
@@ -251,7 +258,7 @@ def test_keyboard_shortcuts(app, run):
     assert app.checkboxes[2].value and app.shortcuts.value == ""
     app.on_key("i")
     assert app.n_judged == 2
-    assert review.read_judgments(run, "alice").plausible.tolist() == [True, False]
+    assert review_tasks.read_judgments(run, "alice").plausible.tolist() == [True, False]
 
 
 def test_all_judged_state(app):
@@ -268,20 +275,20 @@ def test_all_judged_state(app):
 # ---- reviewers ----------------------------------------------------------------------------------
 
 def test_reviewer_names_and_identity(run):
-    review.build_review_tasks(run, seed=7)
-    review.ReviewApp(run, "dr_lee", "synthetic", display_name="Dr. A. Lee")
-    review.ReviewApp(run, "dr_lee", "synthetic")  # the same person reopening
-    review.ReviewApp(run, "dr_lee", "synthetic", display_name="Dr. A. Lee")
+    build_tasks(run, seed=7)
+    review_app.ReviewApp(run, "dr_lee", "synthetic", display_name="Dr. A. Lee")
+    review_app.ReviewApp(run, "dr_lee", "synthetic")  # the same person reopening
+    review_app.ReviewApp(run, "dr_lee", "synthetic", display_name="Dr. A. Lee")
     with pytest.raises(StudyInputError, match="already registered"):
-        review.ReviewApp(run, "dr_lee", "synthetic", display_name="Dr. B. Lee")
+        review_app.ReviewApp(run, "dr_lee", "synthetic", display_name="Dr. B. Lee")
     with pytest.raises(StudyInputError, match=r"\[A-Za-z0-9_-\]\+"):
-        review.ReviewApp(run, "../evil", "synthetic")
+        review_app.ReviewApp(run, "../evil", "synthetic")
     with pytest.raises(StudyInputError, match="tasks"):
-        review.ReviewApp(run, "tasks", "synthetic")
+        review_app.ReviewApp(run, "tasks", "synthetic")
     registry = json.loads((run / "review" / "reviewers.json").read_text())
     assert registry["dr_lee"]["display_name"] == "Dr. A. Lee" and registry["dr_lee"]["created"]
     with pytest.raises(StudyInputError, match="one review folder holds one dataset"):
-        review.ReviewApp(run, "dr_kim", "bone_marrow")
+        review_app.ReviewApp(run, "dr_kim", "bone_marrow")
 
 
 # ---- hand-edited files --------------------------------------------------------------------------
@@ -308,68 +315,68 @@ def test_invalid_hand_edits_are_named(app, run, edit, match):
     with path.open("w", newline="") as fh:
         csv.writer(fh).writerows(rows)
     with pytest.raises(StudyInputError, match=match) as err:
-        review.read_judgments(run, "alice")
+        review_tasks.read_judgments(run, "alice")
     assert "alice.csv" in str(err.value)
 
 
 # ---- agreement and tables -----------------------------------------------------------------------
 
 def test_cohen_kappa_hand_computed(run):
-    tasks = review.build_review_tasks(run, seed=7)
+    tasks = build_tasks(run, seed=7)
     a = [True] * 6 + [False] * 4
     b = [True] * 4 + [False] * 5 + [True]
     for tid, x, y in zip(tasks.task_id[:10], a, b):
-        review.append_judgment(run, "ann", tid, x, [] if x else ["cell_size"], criteria_version="1.0")
-        review.append_judgment(run, "ben", tid, y, [] if y else ["nucleoli"], criteria_version="1.0")
-    review.append_judgment(run, "ann", tasks.task_id[10], True)  # judged by one reviewer only
+        review_tasks.append_judgment(run, "ann", tid, x, [] if x else ["cell_size"], criteria_version="1.0")
+        review_tasks.append_judgment(run, "ben", tid, y, [] if y else ["nucleoli"], criteria_version="1.0")
+    review_tasks.append_judgment(run, "ann", tasks.task_id[10], True)  # judged by one reviewer only
     # po = 7/10; pe = 0.6*0.5 + 0.4*0.5 = 0.5; kappa = (0.7 - 0.5) / 0.5 = 0.4
-    out = review.cohen_kappa(run, "ann", "ben")
+    out = agreement.cohen_kappa(run, "ann", "ben")
     assert out["n_common"] == 10 and out["kappa"] == pytest.approx(0.4) and out["agreement"] == pytest.approx(0.7)
     from sklearn.metrics import cohen_kappa_score
     assert out["kappa"] == pytest.approx(cohen_kappa_score(a, b))
-    assert math.isnan(review.cohen_kappa(run, "ann", "nobody")["kappa"])
+    assert math.isnan(agreement.cohen_kappa(run, "ann", "nobody")["kappa"])
 
 
 def test_wilson_interval_known_values():
-    lo, hi = review.wilson_interval(8, 10)
+    lo, hi = tables.wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
-    assert review.wilson_interval(0, 5)[0] == 0.0 and review.wilson_interval(5, 5)[1] == 1.0
-    assert all(math.isnan(v) for v in review.wilson_interval(0, 0))
+    assert tables.wilson_interval(0, 5)[0] == 0.0 and tables.wilson_interval(5, 5)[1] == 1.0
+    assert all(math.isnan(v) for v in tables.wilson_interval(0, 0))
 
 
 def test_plausibility_table_unblinds_and_pools(run, tmp_path):
-    tasks = review.build_review_tasks(run, seed=7)
+    tasks = build_tasks(run, seed=7)
     # alice: plausible iff prototype; bob judges two baseline lymphocytes plausible.
     for t in tasks.itertuples():
         ok = t.arm == "prototype"
-        review.append_judgment(run, "alice", t.task_id, ok, [] if ok else ["cell_size"], criteria_version="1.0")
+        review_tasks.append_judgment(run, "alice", t.task_id, ok, [] if ok else ["cell_size"], criteria_version="1.0")
     base_lym = tasks[(tasks.arm == "baseline") & (tasks.intended_class == "lymphocyte")].task_id[:2]
     for tid in base_lym:
-        review.append_judgment(run, "bob", tid, True, criteria_version="1.0")
-    only_alice = review.plausibility_table(run, reviewers=["alice"])
+        review_tasks.append_judgment(run, "bob", tid, True, criteria_version="1.0")
+    only_alice = tables.plausibility_table(run, reviewers=["alice"])
     assert list(only_alice.index) == ["blast", "lymphocyte", "mean"]
     assert (only_alice["baseline %"] == 0).all() and (only_alice["prototype %"] == 100).all()
     assert only_alice.loc["blast", "prototype n"] == N and only_alice.loc["mean", "prototype n"] == 2 * N
-    lo, hi = review.wilson_interval(N, N)
+    lo, hi = tables.wilson_interval(N, N)
     assert only_alice.loc["blast", "prototype CI low"] == pytest.approx(100 * lo)
-    pooled = review.plausibility_table(run)  # alice + bob
+    pooled = tables.plausibility_table(run)  # alice + bob
     assert pooled.loc["lymphocyte", "baseline n"] == N + 2
     assert pooled.loc["lymphocyte", "baseline %"] == pytest.approx(100 * 2 / (N + 2))
     assert pooled.loc["mean", "baseline %"] == pytest.approx((100 * 2 / (N + 2) + 0) / 2)
-    paths = review.save_plausibility_table(pooled, tmp_path / "tables", "table4_expert")
+    paths = tables.save_plausibility_table(pooled, tmp_path / "tables", "table4_expert")
     md = paths["markdown"].read_text()
     assert "baseline (%)" in md and "prototype 95 % CI" in md and "| mean |" in md
     assert pd.read_csv(paths["csv"], index_col=0).shape == pooled.shape
-    fig = review.plausibility_figure(pooled)
+    fig = tables.plausibility_figure(pooled)
     assert fig.axes and len(fig.axes[0].patches) >= 6
 
 
 # ---- Label Studio -------------------------------------------------------------------------------
 
 def test_label_studio_round_trip(run, tmp_path):
-    tasks = review.build_review_tasks(run, seed=7)
+    tasks = build_tasks(run, seed=7)
     out = tmp_path / "ls" / "tasks.json"
-    paths = review.export_label_studio(run, "synthetic", out)
+    paths = label_studio.export_label_studio(run, "synthetic", out)
     items = json.loads(out.read_text())
     assert len(items) == len(tasks)
     assert {i["data"]["task_id"] for i in items} == set(tasks.task_id)
@@ -378,7 +385,7 @@ def test_label_studio_round_trip(run, tmp_path):
     assert first["data"]["image"] == f"/data/local-files/?d=images/{first['data']['task_id']}.png"
     config = paths["config"].read_text()
     assert '<Image name="image" value="$image"' in config and 'choice="multiple"' in config
-    crit = review.load_criteria("synthetic")["criteria"]
+    crit = review_tasks.load_criteria("synthetic")["criteria"]
     assert config.count("alias=") == len(crit) and '<TextArea name="comment" toName="image"' in config
     exported = out.read_text() + config + " ".join(p.name for p in paths["images"].iterdir())
     assert "baseline" not in exported and "prototype" not in exported
@@ -414,9 +421,9 @@ def test_label_studio_round_trip(run, tmp_path):
                        "created_at": "2026-01-05T09:00:00Z", "updated_at": "2026-01-05T12:00:00Z", "project": 1})
     export_path = tmp_path / "project-1-at-2026.json"
     export_path.write_text(json.dumps(export))
-    added = review.import_label_studio(export_path, run, "dr_ls")
+    added = label_studio.import_label_studio(export_path, run, "dr_ls")
     assert len(added) == 5
-    j = review.read_judgments(run, "dr_ls").set_index("task_id")
+    j = review_tasks.read_judgments(run, "dr_ls").set_index("task_id")
     ids = [i["data"]["task_id"] for i in items[:4]]
     assert j.loc[ids[0], "plausible"] and j.loc[ids[0], "failed_criteria"] == ""
     assert not j.loc[ids[1], "plausible"] and j.loc[ids[1], "failed_criteria"] == "cell_size;nucleoli"
@@ -424,26 +431,26 @@ def test_label_studio_round_trip(run, tmp_path):
     assert j.loc[ids[2], "failed_criteria"] == "granules"
     assert not j.loc[ids[3], "plausible"] and j.loc[ids[3], "failed_criteria"] == "cytoplasm_colour"
     assert (j.criteria_version == "1.0").all()
-    assert len(review.import_label_studio(export_path, run, "dr_ls")) == 0  # no duplicates
+    assert len(label_studio.import_label_studio(export_path, run, "dr_ls")) == 0  # no duplicates
     # The same judgments through the app format: tables and kappa read them like any reviewer's.
-    assert review.plausibility_table(run, ["dr_ls"]).loc["mean", "baseline n"] + \
-        review.plausibility_table(run, ["dr_ls"]).loc["mean", "prototype n"] == 4
+    assert tables.plausibility_table(run, ["dr_ls"]).loc["mean", "baseline n"] + \
+        tables.plausibility_table(run, ["dr_ls"]).loc["mean", "prototype n"] == 4
 
     export[0]["annotations"].append(dict(ann("plausible"), completed_by=9))
     export_path.write_text(json.dumps(export))
     with pytest.raises(StudyInputError, match="several annotators"):
-        review.import_label_studio(export_path, run, "dr_ls")
+        label_studio.import_label_studio(export_path, run, "dr_ls")
     before = (run / "review" / "dr_ls.csv").read_bytes()
     export[0]["annotations"][0]["updated_at"] = "2026-02-01T00:00:00Z"  # a new judgment, then a bad one
     export[2]["annotations"][0]["result"][1]["value"]["choices"] = ["sparkle"]
     export_path.write_text(json.dumps(export))
     with pytest.raises(StudyInputError, match="unknown criterion 'sparkle'"):
-        review.import_label_studio(export_path, run, "dr_ls", completed_by=3)
+        label_studio.import_label_studio(export_path, run, "dr_ls", completed_by=3)
     assert (run / "review" / "dr_ls.csv").read_bytes() == before, "a bad export must append nothing"
     export[1]["data"]["task_id"] = "0123456789ab"
     export_path.write_text(json.dumps(export))
     with pytest.raises(StudyInputError, match="0123456789ab"):
-        review.import_label_studio(export_path, run, "dr_ls", completed_by=3)
+        label_studio.import_label_studio(export_path, run, "dr_ls", completed_by=3)
 
 
 def test_row_cut_short_by_a_crash_is_named_and_isolated(app, run):
@@ -457,4 +464,4 @@ def test_row_cut_short_by_a_crash_is_named_and_isolated(app, run):
     lines = path.read_text().splitlines()
     assert lines[2] == "abc123,ali" and lines[3].startswith(app._tasks.task_id[1] + ",alice,true")
     with pytest.raises(StudyInputError, match="alice.csv, line 3"):
-        review.read_judgments(run, "alice")
+        review_tasks.read_judgments(run, "alice")

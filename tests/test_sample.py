@@ -12,6 +12,12 @@ from improve_lib.errors import StudyInputError
 from test_train import CLASSES, make_run, tiny_config
 
 pytestmark = pytest.mark.slow
+# notebook 05's settings, given in full (the library has no defaults of its own)
+SAMPLING = dict(eta=0.0, guidance_scale=1.8, seed=0, batch_size=64, ema=True)
+
+
+def _sample(run, arm, n_per_class, **settings):
+    return sample.sample_arm(run, arm, n_per_class, **{**SAMPLING, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +32,16 @@ def _bytes(run, arm="baseline"):
 
 
 def test_same_seed_same_png_bytes_and_regenerate_alone(trained, tmp_path):
-    t = sample.sample_arm(trained, "baseline", 3, steps=2, guidance_scale=1.5, seed=7, batch_size=4, progress=False)
+    t = _sample(trained, "baseline", 3, steps=2, guidance_scale=1.5, seed=7, batch_size=4)
     assert len(t) == 3 * len(CLASSES) and set(t.class_name) == set(CLASSES)
     first = _bytes(trained)
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy, ignore=shutil.ignore_patterns("samples"))
-    sample.sample_arm(copy, "baseline", 3, steps=2, guidance_scale=1.5, seed=7, batch_size=4, progress=False)
+    _sample(copy, "baseline", 3, steps=2, guidance_scale=1.5, seed=7, batch_size=4)
     assert _bytes(copy) == first, "same seed and settings: the PNG bytes must not change"
     other = tmp_path / "other_batch"
     shutil.copytree(trained, other, ignore=shutil.ignore_patterns("samples"))
-    sample.sample_arm(other, "baseline", 3, steps=2, guidance_scale=1.5, seed=7, batch_size=5, progress=False)
+    _sample(other, "baseline", 3, steps=2, guidance_scale=1.5, seed=7, batch_size=5)
     for rel in first:  # batched kernels round differently: at most one grey level apart
         a = np.asarray(Image.open(trained / "samples" / rel), dtype=int)
         b = np.asarray(Image.open(other / "samples" / rel), dtype=int)
@@ -49,12 +55,12 @@ def test_same_seed_same_png_bytes_and_regenerate_alone(trained, tmp_path):
 def test_changed_settings_or_model_are_refused(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run, ignore=shutil.ignore_patterns("samples"))
-    sample.sample_arm(run, "baseline", 1, steps=2, seed=0, progress=False)
+    _sample(run, "baseline", 1, steps=2, seed=0)
     with pytest.raises(StudyInputError, match="steps"):
-        sample.sample_arm(run, "baseline", 1, steps=3, seed=0, progress=False)
+        _sample(run, "baseline", 1, steps=3, seed=0)
     train.train(tiny_config(run, arm="baseline", MAX_STEPS=3))  # resumes and trains on: new weights
     with pytest.raises(StudyInputError, match="model_sha256"):
-        sample.sample_arm(run, "baseline", 1, steps=2, seed=0, progress=False)
+        _sample(run, "baseline", 1, steps=2, seed=0)
 
 
 def test_read_samples_names_the_missing_class_and_short_class(trained, tmp_path):
@@ -62,7 +68,7 @@ def test_read_samples_names_the_missing_class_and_short_class(trained, tmp_path)
         sample.read_samples(tmp_path, "baseline", CLASSES, 1)
     run = tmp_path / "run"
     shutil.copytree(trained, run, ignore=shutil.ignore_patterns("samples"))
-    sample.sample_arm(run, "baseline", 2, steps=2, seed=0, progress=False)
+    _sample(run, "baseline", 2, steps=2, seed=0)
     assert len(sample.read_samples(run, "baseline", CLASSES, 2)) == 4
     with pytest.raises(StudyInputError, match="fewer than N_PER_CLASS=3"):
         sample.read_samples(run, "baseline", CLASSES, 3)
@@ -70,7 +76,7 @@ def test_read_samples_names_the_missing_class_and_short_class(trained, tmp_path)
     with pytest.raises(StudyInputError, match=f"class '{CLASSES[0]}' has no samples"):
         sample.read_samples(run, "baseline", CLASSES, 2)
     with pytest.raises(StudyInputError, match="04_train_diffusion"):
-        sample.sample_arm(run, "prototype", 1, steps=2, progress=False)
+        _sample(run, "prototype", 1, steps=2)
 
 
 def test_trained_model_loads_with_plain_diffusers(trained):

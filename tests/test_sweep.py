@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from improve_lib import manifest, pipeline, sweep
+from improve_lib import manifest, parameters, pipeline, sharing, sweep
 from improve_lib.cli import main
 from improve_lib.errors import StudyInputError
 
@@ -49,7 +49,7 @@ def test_expand_names_runs_from_settings_in_seed_major_order():
     r = runs[3]
     assert r.params["K"] == 3 and r.params["GUIDANCE_SCALE"] == 2.5 and r.params["SEED"] == 0
     assert isinstance(runs[0].params["GUIDANCE_SCALE"], float)  # 0 is coerced to the parameter's type
-    assert r.params["PROFILE"] == "smoke" and set(r.keys) == {p.name for p in pipeline.list_notebooks()}
+    assert r.params["PROFILE"] == "smoke" and set(r.keys) == {p.name for p in parameters.list_notebooks()}
 
 
 def test_value_labels_are_file_name_safe():
@@ -116,8 +116,8 @@ def test_presets_are_valid_sweeps(monkeypatch):
 # ------------------------------------------------------------------------------------------ stage keys
 
 def test_stage_keys_change_from_the_first_notebook_a_parameter_reaches():
-    books = pipeline.list_notebooks()
-    base = pipeline.resolve_params("smoke")
+    books = parameters.list_notebooks()
+    base = parameters.resolve_params("smoke")
     keys = pipeline.stage_keys(base, books)
 
     def changed(**kw):
@@ -230,12 +230,12 @@ def test_donor_whose_files_a_later_stage_rewrote_is_not_reused(tmp_path):
     stages = {b.name: {"status": "done", "key": keys[b.name]} for b in books}
     manifest.save(donor, {"stages": stages, "outputs": {"a.txt": "h"},
                           "output_stages": {"a.txt": ["01_first.ipynb", "02_second.ipynb"]}})
-    assert sweep.find_donor(run, tmp_path, books) == (donor, ["01_first.ipynb", "02_second.ipynb"])
+    assert sharing.find_donor(run, tmp_path, books) == (donor, ["01_first.ipynb", "02_second.ipynb"])
     other = sweep.SweepRun("new-seed0", {}, 0, {}, {**keys, "02_second.ipynb": "other"})
-    assert sweep.find_donor(other, tmp_path, books) == (None, [])  # 01's a.txt is 02's now
+    assert sharing.find_donor(other, tmp_path, books) == (None, [])  # 01's a.txt is 02's now
     manifest.save(donor, {"stages": stages, "outputs": {"a.txt": "h"}, "output_stages": {"a.txt": ["01_first.ipynb"]}})
-    assert sweep.find_donor(other, tmp_path, books) == (donor, ["01_first.ipynb"])
-    n = sweep.adopt_stages(tmp_path / "new-seed0", donor, ["01_first.ipynb"])
+    assert sharing.find_donor(other, tmp_path, books) == (donor, ["01_first.ipynb"])
+    n = sharing.adopt_stages(tmp_path / "new-seed0", donor, ["01_first.ipynb"])
     assert n == 1 and (tmp_path / "new-seed0" / "a.txt").read_text() == "rewritten by 02"
     assert manifest.load(tmp_path / "new-seed0")["stages"]["01_first.ipynb"]["reused_from"] == "old-seed0"
 

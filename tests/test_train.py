@@ -13,8 +13,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from improve_lib import checkpoints, objective
+from improve_lib.embeddings import save_embeddings
 from improve_lib.errors import StudyInputError
-from improve_lib.models import build_unet, model_config
+from improve_lib.models import build_unet, load_trained, model_config
+from improve_lib.parameters import notebook_defaults
+from improve_lib.prototypes import arm_class_table
 
 CLASSES = ["blast", "lymphocyte"]
 D = 24  # prototype dimension != COND_DIM
@@ -35,10 +39,10 @@ def make_run(root, n_train=4, n_test=1, seed=0):
             rows.append({"path": str(path), "label": label, "class_name": name,
                          "split": "train" if i < n_train else "test", "group": f"{name}_{i}"})
     pd.DataFrame(rows).to_csv(root / "data" / "split.csv", index=False)
-    (root / "embeddings").mkdir()
     vectors = rng.normal(size=(n_train * len(CLASSES), D)).astype(np.float32)
-    np.savez(root / "embeddings" / "train.npz", vectors=vectors,
-             labels=np.repeat(np.arange(len(CLASSES)), n_train))
+    train_paths = [r["path"] for r in rows if r["split"] == "train"]
+    save_embeddings(root / "embeddings" / "train.npz", train_paths, np.repeat(np.arange(len(CLASSES)), n_train),
+                    CLASSES, vectors, "test-encoder")
     (root / "prototypes").mkdir()
     protos = torch.from_numpy(rng.normal(size=(len(CLASSES), D)).astype(np.float32))
     save_file({"class_embeddings": protos}, str(root / "prototypes" / "class_embeddings.safetensors"),
@@ -47,11 +51,13 @@ def make_run(root, n_train=4, n_test=1, seed=0):
 
 
 def tiny_config(run_dir, arm="prototype", **over):
-    cfg = {"RUN_DIR": str(run_dir), "ARM": arm, "SEED": 3, "RESOLUTION": 16, "BASE_CHANNELS": 8,
+    """A complete training config: notebook 04's defaults with a tiny model and run."""
+    cfg = {**notebook_defaults("04"), "RUN_DIR": str(run_dir), "ARM": arm, "SEED": 3, "RESOLUTION": 16, "BASE_CHANNELS": 8,
            "CHANNEL_MULT": [1, 2], "LAYERS_PER_BLOCK": 1, "NORM_GROUPS": 8, "DROPOUT": 0.1, "COND_DIM": 8,
            "CLASS_EMBEDDING_MAP": "pca", "BATCH_SIZE": 4, "MAX_STEPS": 1, "CHECKPOINT_EVERY": 100,
            "SAMPLE_STEPS": 2, "SAMPLE_PER_CLASS": 1, "EMA_DECAY": 0.9, "FLIP": True, "LR": 1e-3,
-           "PROGRESS": False, "CPU": True}
+           "PROGRESS": False, "CPU": True, "WARMUP_STEPS": 0, "SAMPLE_EVERY": 0, "KEEP_CHECKPOINTS": 2,
+           "PREVIEW_GUIDANCE_SCALE": 1.8}
     cfg.update(over)
     return cfg
 
@@ -71,17 +77,18 @@ def _weights(path):
 
 
 def _initial_model(cfg):
-    from improve_lib.train import class_table_for, resolve_config
+    from improve_lib.train import resolve_config
 
     cfg = resolve_config(cfg)
-    table, cond_dim = class_table_for(cfg, CLASSES)
+    table, cond_dim = arm_class_table(cfg["RUN_DIR"], cfg["ARM"], CLASSES, cfg["CLASS_EMBEDDING_MAP"],
+                                      cfg["COND_DIM"], seed=cfg["SEED"])
     frozen = cfg["ARM"] == "prototype" and cfg["FREEZE_PROTOTYPES"]
     return build_unet(model_config(cfg, cond_dim), len(CLASSES), table, freeze=frozen), table
 
 
 @pytest.mark.parametrize("arm", ["prototype", "baseline"])
 def test_one_step_updates_every_trainable_parameter_and_only_baseline_table(run, arm):
-    from improve_lib.train import load_trained, train
+    from improve_lib.train import train
 
     cfg = tiny_config(run, arm, MAX_STEPS=1)
     summary = train(cfg)
@@ -115,7 +122,7 @@ def test_kill_and_resume_replays_the_uninterrupted_run(run, monkeypatch):
     full = tiny_config(run, "baseline", MAX_STEPS=5, CHECKPOINT_EVERY=2, ARM_NAME="full")
     tr.train(full)
     resumed = {**full, "ARM_NAME": "resumed"}
-    real_loss, calls = tr._diffusion_loss, []
+    real_loss, calls = objective.diffusion_loss, []
 
     def killed_at_step_4(pred, noise):
         calls.append(1)
@@ -123,12 +130,12 @@ def test_kill_and_resume_replays_the_uninterrupted_run(run, monkeypatch):
             raise KeyboardInterrupt  # the kernel was interrupted during step 4
         return real_loss(pred, noise)
 
-    monkeypatch.setattr(tr, "_diffusion_loss", killed_at_step_4)
+    monkeypatch.setattr(objective, "diffusion_loss", killed_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         tr.train(resumed)
-    monkeypatch.setattr(tr, "_diffusion_loss", real_loss)
+    monkeypatch.setattr(objective, "diffusion_loss", real_loss)
     out = run / "models" / "resumed"
-    assert [c[0] for c in tr.list_checkpoints(out)] == [2] and not (out / "final").exists()
+    assert [c[0] for c in checkpoints.list_checkpoints(out)] == [2] and not (out / "final").exists()
     (out / "checkpoint-3").mkdir()  # a checkpoint cut short by a kill: no training_state.json
     summary = tr.train(resumed)
     assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps_this_session"] == 3
@@ -159,37 +166,37 @@ def test_resume_refuses_a_changed_config_and_a_corrupt_checkpoint(run):
 def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(run, monkeypatch):
     import improve_lib.train as tr
 
-    real_loss, calls = tr._diffusion_loss, []
+    real_loss, calls = objective.diffusion_loss, []
 
     def nan_from_step_3(pred, noise):
         calls.append(1)
         loss = real_loss(pred, noise)
         return loss * float("nan") if len(calls) >= 3 else loss
 
-    monkeypatch.setattr(tr, "_diffusion_loss", nan_from_step_3)
+    monkeypatch.setattr(objective, "diffusion_loss", nan_from_step_3)
     with pytest.raises(tr.TrainingDivergedError, match=r"nan at step 3 .*checkpoint-2"):
         tr.train(tiny_config(run, "baseline", MAX_STEPS=5, CHECKPOINT_EVERY=2))
-    assert [c[0] for c in tr.list_checkpoints(run / "models" / "baseline")] == [2]
+    assert [c[0] for c in checkpoints.list_checkpoints(run / "models" / "baseline")] == [2]
 
 
 def test_keep_checkpoints_limit(run):
-    from improve_lib.train import list_checkpoints, train
+    from improve_lib.train import train
 
     train(tiny_config(run, "baseline", MAX_STEPS=5, CHECKPOINT_EVERY=1, KEEP_CHECKPOINTS=2, EMA_DECAY=0))
-    assert [(s, c) for s, _, c in list_checkpoints(run / "models" / "baseline")] == [(4, True), (5, True)]
+    assert [(s, c) for s, _, c in checkpoints.list_checkpoints(run / "models" / "baseline")] == [(4, True), (5, True)]
     assert not (run / "models" / "baseline" / "final" / "ema").exists()  # EMA off: raw weights only
 
 
 def test_cli_with_epochs_and_load_trained_errors(run, tmp_path):
     import yaml
 
-    from improve_lib.train import load_trained, main
+    from improve_lib.train import main
 
     with pytest.raises(StudyInputError, match="04_train_diffusion"):
         load_trained(run, "baseline")
     path = tmp_path / "params.yaml"
     cfg = tiny_config(run, "baseline", EPOCHS=1, LR="1e-3", DATASET="synthetic")  # unrelated keys are ignored
-    del cfg["MAX_STEPS"]
+    cfg["MAX_STEPS"] = None
     path.write_text(yaml.safe_dump(cfg))
     assert main(["--config", str(path)]) == 0
     _, names, saved = load_trained(run, "baseline")
@@ -212,10 +219,11 @@ def test_two_cpu_processes_through_notebook_launcher(run, tmp_path):
     # cannot use ("Unable to handle autograd's threading in combination with fork-based multiprocessing").
     code = textwrap.dedent(f"""
         import torch
-        import improve_lib.train as tr
-        tr._usable_cpus = lambda: 16  # as on a 16-core machine: forked workers with 8 threads hung there
+        import improve_lib.processes as processes
+        from improve_lib.launch import launch
+        processes.usable_cpus = lambda: 16  # as on a 16-core machine: forked workers with 8 threads hung there
         torch.nn.functional.conv2d(torch.randn(8, 8, 32, 32), torch.randn(8, 8, 3, 3))  # the OpenMP pool ran
-        tr.launch({str(path)!r}, num_processes=2)
+        launch({str(path)!r}, num_processes=2)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -228,7 +236,7 @@ def test_two_cpu_processes_through_notebook_launcher(run, tmp_path):
 def test_too_many_processes_is_refused(run, tmp_path):
     import yaml
 
-    from improve_lib.train import launch
+    from improve_lib.launch import launch
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(tiny_config(run, "baseline")))
@@ -240,11 +248,9 @@ def test_too_many_processes_is_refused(run, tmp_path):
 def test_resume_from_a_checkpoint_older_than_a_new_model_key(tmp_path):
     """A checkpoint written before CLASS_EMBEDDING_COMBINE existed resumes when the key has its default,
     and refuses when it does not."""
-    from improve_lib.train import _check_resume
-
     new = {"BASE_CHANNELS": 8, "CLASS_EMBEDDING_COMBINE": "concat"}
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"step": 3, "resume_config": {"BASE_CHANNELS": 8}}))
-    assert _check_resume(state, new)["step"] == 3
+    assert checkpoints.check_resume(state, new)["step"] == 3
     with pytest.raises(StudyInputError, match="CLASS_EMBEDDING_COMBINE changed from 'concat' to 'add'"):
-        _check_resume(state, {**new, "CLASS_EMBEDDING_COMBINE": "add"})
+        checkpoints.check_resume(state, {**new, "CLASS_EMBEDDING_COMBINE": "add"})

@@ -9,14 +9,16 @@ Datasets (``DATASET``): ``synthetic`` (embedded default, generated into the run 
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from ..errors import StudyInputError
 from ..io import atomic_path
-from . import bone_marrow, ham10000, medmnist
+from . import bone_marrow, ham10000, medmnist, synthetic_cells
 from .images import ImageTableDataset, center_crop_resize, load_image, load_images, open_rgb, verify_images
 from .split import SPLIT_COLUMNS, finalise, per_class_group_split
 
@@ -26,7 +28,7 @@ SPLIT_CSV = Path("data") / "split.csv"
 __all__ = [
     "DATASETS", "SplitResult", "build_split", "check_source", "write_split", "read_split",
     "class_names_of", "load_image", "load_images", "open_rgb", "center_crop_resize", "verify_images",
-    "ImageTableDataset", "SPLIT_COLUMNS",
+    "ImageTableDataset", "SPLIT_COLUMNS", "training_images", "synthetic_cells",
 ]
 
 
@@ -57,8 +59,8 @@ def check_source(dataset: str, data_dir: str | Path | None) -> Path | None:
 
 
 def build_split(dataset: str, data_dir: str | Path | None, run_dir: str | Path, n_train: int, n_test: int,
-                seed: int, classes: list[str] | None = None, min_per_class: int = 1,
-                resolution: int = 64, verify: bool = True, progress: bool = True) -> SplitResult:
+                seed: int, classes: list[str] | None, min_per_class: int, resolution: int,
+                verify: bool = True, progress: bool = True) -> SplitResult:
     """Build the run's train/test split for ``dataset``.
 
     Per class, ``n_test`` test and ``n_train`` train images are drawn with ``seed`` (groups such as
@@ -76,8 +78,6 @@ def build_split(dataset: str, data_dir: str | Path | None, run_dir: str | Path, 
     excluded = pd.DataFrame(columns=["class_name", "images", "kept", "reason"])
     inputs: list[Path] = []
     if dataset == "synthetic":
-        from . import synthetic_cells
-
         class_names = list(classes) if classes else list(synthetic_cells.CLASSES)
         unknown = sorted(set(class_names) - set(synthetic_cells.CLASSES))
         if unknown:
@@ -148,3 +148,26 @@ def class_names_of(table: pd.DataFrame) -> list[str]:
         raise StudyInputError(f"split table (data/split.csv): labels and class names must map one-to-one onto "
                               f"0..C-1, found {pairs.values.tolist()}")
     return list(pairs["class_name"])
+
+
+def training_images(run_dir: str | Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
+    """All training images of a run as one uint8 tensor ``[N, 3, R, R]`` (the datasets are small: 1600
+    images at 64 px are 20 MB), their labels, the class names and a sha256 of the training rows."""
+    run_dir = Path(run_dir)
+    table = read_split(run_dir)
+    class_names = class_names_of(table)
+    train_rows = table[table["split"] == "train"]
+    if train_rows.empty:
+        raise StudyInputError(f"{run_dir / SPLIT_CSV} has no rows with split == 'train'")
+    missing = sorted(set(class_names) - set(train_rows["class_name"]))
+    if missing:
+        raise StudyInputError(f"{run_dir / SPLIT_CSV}: class(es) {missing} have no training images")
+    images, labels, digest = [], [], hashlib.sha256()
+    for path, label in zip(train_rows["path"], train_rows["label"]):
+        p = Path(path)
+        if not p.is_absolute() and not p.exists():
+            p = run_dir / p  # paths inside the run folder may be stored relative to it
+        images.append(load_image(p, resolution).mul(255).round().to(torch.uint8))
+        labels.append(int(label))
+        digest.update(f"{path},{label}\n".encode())
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long), class_names, digest.hexdigest()

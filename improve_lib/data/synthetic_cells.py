@@ -62,10 +62,12 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
-from improve_lib.errors import StudyInputError
-from improve_lib.io import atomic_path
+from ..errors import StudyInputError
+from ..io import atomic_path
 
 __all__ = [
     "CLASSES",
@@ -696,8 +698,6 @@ def generate(
     same seed gives identical bytes and any one image can be regenerated alone. All files are written
     atomically. Returns the same table with ``path`` made absolute.
     """
-    from tqdm.auto import tqdm
-
     class_list = _validate(n_per_class, seed, resolution, classes)
     out_dir = Path(out_dir)
     rows = []
@@ -730,8 +730,6 @@ def grid_figure(
 
     The images are exactly those :func:`generate` would write for the same ``seed`` and ``resolution``.
     """
-    from matplotlib.figure import Figure
-
     _validate(n_per_class, seed, resolution, CLASSES)
     rows = []
     for class_name in CLASSES:

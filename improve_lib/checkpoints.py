@@ -1,0 +1,90 @@
+"""Checkpoints of a training run: complete or ignored, resumed only under the same configuration.
+
+``models/<arm>/checkpoint-<step>/`` holds ``accelerator.save_state`` and, written last,
+``training_state.json`` (step, the configuration that must not change, the model config). A folder
+without that file was cut short by a kill and is ignored (and cleaned up once a later checkpoint is
+complete). Resuming compares the stored configuration key by key and names the first that changed.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import StudyInputError
+from .io import atomic_write_json
+
+STATE_FILE = "training_state.json"
+STATE_FORMAT = 1
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# A key added to the training config after a checkpoint was written counts as the value that reproduces
+# what that checkpoint's code did (and only that value resumes it).
+LEGACY_VALUES: dict[str, Any] = {"CLASS_EMBEDDING_COMBINE": "concat", "ATTENTION": False}
+
+
+def list_checkpoints(directory) -> list[tuple[int, Path, bool]]:
+    """``(step, folder, complete)`` for each ``checkpoint-<step>`` under ``directory``, by step.
+
+    A checkpoint is complete when its ``training_state.json`` exists: that file is written last."""
+    out = []
+    d = Path(directory)
+    if d.is_dir():
+        for p in d.iterdir():
+            m = CHECKPOINT_RE.match(p.name)
+            if m and p.is_dir():
+                out.append((int(m.group(1)), p, (p / STATE_FILE).is_file()))
+    return sorted(out)
+
+
+def latest_complete(directory) -> Path | None:
+    """The newest complete checkpoint folder under ``directory``, or None."""
+    complete = [p for _, p, c in list_checkpoints(directory) if c]
+    return complete[-1] if complete else None
+
+
+def check_resume(state_path: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """Read ``training_state.json`` and check that ``new`` (the resume keys of the run about to
+    continue) equals the stored configuration; returns the stored state. Raises naming the changed
+    key, or the unreadable file."""
+    try:
+        state = json.loads(Path(state_path).read_text())
+        old = state["resume_config"]
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StudyInputError(f"checkpoint {state_path.parent} is corrupt: {state_path.name} is unreadable "
+                              f"({exc}); delete that folder to resume from an earlier checkpoint") from None
+    new = json.loads(json.dumps(new))  # compare as stored (tuples -> lists)
+    old = {**{k: v for k, v in LEGACY_VALUES.items() if k in new and k not in old}, **old}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            raise StudyInputError(
+                f"cannot resume from {state_path.parent}: {key} changed from {old.get(key)!r} to {new.get(key)!r}. "
+                f"Restore {key}, or train into a fresh folder (new RUN_DIR or ARM_NAME, or delete "
+                f"{state_path.parent.parent})")
+    return state
+
+
+def mark_incomplete(path: Path) -> None:
+    """Before a checkpoint folder is (over)written: it is incomplete until :func:`mark_complete`."""
+    (Path(path) / STATE_FILE).unlink(missing_ok=True)
+
+
+def mark_complete(path: Path, step: int, resume_config: dict[str, Any], model_config: dict[str, Any]) -> None:
+    """Write ``training_state.json`` last: from now on the folder is a complete checkpoint."""
+    atomic_write_json(Path(path) / STATE_FILE, {"format": STATE_FORMAT, "step": int(step),
+                                                "resume_config": resume_config, "model_config": model_config,
+                                                "saved": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def prune(out_dir, keep: int, current: int) -> None:
+    """Keep the newest ``keep`` complete checkpoints; drop older ones and stale incomplete ones."""
+    ckpts = list_checkpoints(out_dir)
+    complete = [p for s, p, c in ckpts if c]
+    for p in complete[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    for s, p, c in ckpts:
+        if not c and s < current:
+            shutil.rmtree(p, ignore_errors=True)
