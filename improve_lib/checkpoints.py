@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import objective
 from .errors import StudyInputError
 from .io import atomic_write_json
 
@@ -22,7 +23,7 @@ STATE_FORMAT = 1
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # A key added to the training config after a checkpoint was written counts as the value that reproduces
 # what that checkpoint's code did (and only that value resumes it).
-LEGACY_VALUES: dict[str, Any] = {"CLASS_EMBEDDING_COMBINE": "concat", "ATTENTION": False}
+LEGACY_VALUES: dict[str, Any] = {"CLASS_EMBEDDING_COMBINE": "concat", "ATTENTION": False, **objective.LEGACY_VALUES}
 
 
 def list_checkpoints(directory) -> list[tuple[int, Path, bool]]:

@@ -31,6 +31,7 @@ METRICS = {
     "prototype consistency %": None,
     "objective plausibility %": "plausibility",
     "precision %": None, "recall %": None, "density": None, "coverage %": None, "KID": None,
+    "largest |channel mean gap|": None, "channel std ratio farthest from 1": None,
 }
 DEFAULT_PLOT_METRICS = ("TSTR macro F1 %", "nearest-prototype test accuracy %", "objective plausibility %")
 
@@ -68,6 +69,9 @@ def run_metrics(run_dir: str | Path, done: set[str] | None = None) -> list[dict]
                                      ("kid_mean", "KID", 1)):
                 if r.get(key) is not None:
                     rows.append({"metric": name, "arm": r["arm"], "value": scale * float(r[key])})
+        for arm, t in (ev.get("tone") or {}).items():
+            rows.append({"metric": "largest |channel mean gap|", "arm": arm, "value": t["max_abs_mean_gap"]})
+            rows.append({"metric": "channel std ratio farthest from 1", "arm": arm, "value": t["worst_std_ratio"]})
     facts = manifest.load(run_dir).get("facts", {}).get("07_plausibility_review", {}) if ok("07_") else {}
     for arm, value in (facts.get("objective_mean") or {}).items():
         rows.append({"metric": "objective plausibility %", "arm": arm, "value": float(value)})
@@ -134,7 +138,7 @@ def summarise(long: pd.DataFrame, grid_keys: Sequence[str], level: float = 0.95)
 
 TABLE_METRICS = ("TSTR macro F1 %", "TSTR F1 difference (points)",
                  "nearest-prototype test accuracy %", "prototype consistency %", "objective plausibility %",
-                 "KID")
+                 "KID", "largest |channel mean gap|", "channel std ratio farthest from 1")
 
 
 def point_label(grid_keys: Sequence[str], values: Sequence) -> str:

@@ -199,6 +199,15 @@ def arm_dir(run_dir, arm_name: str) -> Path:
     return Path(run_dir) / "models" / arm_name
 
 
+def trained_config(run_dir, arm: str) -> dict[str, Any]:
+    """The resolved training config of a trained arm (``final/train_config.yaml``): every key of
+    notebook 04 plus what training derived (resolved precision, CPU capability, input statistics, ...)."""
+    final = arm_dir(run_dir, arm) / "final"
+    if not (final / "config.json").is_file() or not (final / "train_config.yaml").is_file():
+        raise StudyInputError(f"no trained model for arm {arm!r} in {final}: run notebook 04_train_diffusion first")
+    return yaml.safe_load((final / "train_config.yaml").read_text())
+
+
 def load_trained(run_dir, arm: str, ema: bool = True) -> tuple[UNet2DConditionModel, list[str], dict[str, Any]]:
     """Load a trained arm: ``(model, class_names, cfg)``.
 
@@ -208,9 +217,7 @@ def load_trained(run_dir, arm: str, ema: bool = True) -> tuple[UNet2DConditionMo
     (``from_pretrained`` forgets both). The model is returned in eval mode on the CPU.
     """
     final = arm_dir(run_dir, arm) / "final"
-    if not (final / "config.json").is_file() or not (final / "train_config.yaml").is_file():
-        raise StudyInputError(f"no trained model for arm {arm!r} in {final}: run notebook 04_train_diffusion first")
-    cfg = yaml.safe_load((final / "train_config.yaml").read_text())
+    cfg = trained_config(run_dir, arm)
     class_names = json.loads((final / "class_names.json").read_text())
     path = final / "ema" if ema and (final / "ema" / "config.json").is_file() else final
     if ema and path == final and float(cfg.get("EMA_DECAY") or 0) > 0:

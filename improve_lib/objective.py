@@ -1,8 +1,25 @@
-"""The training objective shared by both arms: the noise schedule, the loss and the learning-rate schedule.
+"""The training objective shared by both arms: noise schedule, input scaling, prediction target, loss
+weighting and the learning-rate schedule.
 
-Paper section 3 (DDPM): epsilon-prediction MSE at a uniformly drawn timestep of a linear beta
-schedule with T = 1000 steps. The schedule's config also builds the DDIM sampler
-(:func:`improve_lib.sample.ddim_scheduler`), so sampling walks the schedule the model was trained on.
+The paper (section 3, DDPM) trains epsilon-prediction with a plain MSE at a uniformly drawn timestep of
+a linear beta schedule with T = 1000 steps, on images scaled to [-1, 1]. That recipe is one setting of
+the options below (notebook 04's parameters; the paper profile keeps it):
+
+* ``INPUT_NORMALIZATION``: ``none`` (images in [-1, 1]) or ``standardize`` (per-channel mean and std of
+  the run's training images, so that the model generates zero-mean, unit-variance channels and the
+  bright background is not a large offset it must build from noise). The statistics travel with the
+  trained model (``INPUT_MEAN``, ``INPUT_STD`` in ``final/train_config.yaml``); the sampler undoes them.
+* ``PREDICTION_TYPE``: ``epsilon`` (the paper), ``v_prediction`` (Salimans & Ho 2022) or ``sample``
+  (x0). diffusers' schedulers compute the targets (``get_velocity``) and the DDIM update for each.
+* ``SNR_GAMMA``: min-SNR-gamma loss weighting (Hang et al. 2023), weights ``min(SNR, gamma) / SNR``
+  (epsilon), ``/ (SNR + 1)`` (v) or ``min(SNR, gamma)`` (x0), with SNR from diffusers' ``compute_snr``;
+  None is the plain MSE.
+* ``ZERO_TERMINAL_SNR``: rescale the betas so that the last timestep is pure noise (Lin et al. 2024,
+  diffusers' ``rescale_betas_zero_snr``); needs ``v_prediction`` or ``sample`` (epsilon is undefined at
+  SNR 0), and pairs with trailing DDIM timesteps at sampling (:mod:`improve_lib.sample`).
+
+The schedule's config also builds the DDIM sampler, so sampling walks the schedule the model was
+trained on.
 """
 from __future__ import annotations
 
@@ -12,27 +29,110 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 
-from .parameters import as_int, one_of, require
+from .errors import StudyInputError
+from .parameters import as_bool, as_float, as_int, one_of, require
 
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+INPUT_NORMALIZATIONS = ("none", "standardize")
+SCHEDULE_KEYS = ("NUM_TRAIN_TIMESTEPS", "BETA_SCHEDULE", "PREDICTION_TYPE", "ZERO_TERMINAL_SNR")
+# What a model trained before a key existed did (its saved config lacks the key).
+LEGACY_VALUES: dict[str, Any] = {"PREDICTION_TYPE": "epsilon", "ZERO_TERMINAL_SNR": False, "SNR_GAMMA": None,
+                                 "INPUT_NORMALIZATION": "none"}
 
 
 def noise_scheduler(cfg: Mapping[str, Any]) -> DDPMScheduler:
-    """The training noise schedule: diffusers ``DDPMScheduler`` for epsilon prediction.
-
-    Keys: NUM_TRAIN_TIMESTEPS (the paper: 1000) and BETA_SCHEDULE ("linear" = DDPM's 1e-4..0.02, or
-    "squaredcos_cap_v2" = cosine).
-    """
-    require(cfg, ("NUM_TRAIN_TIMESTEPS", "BETA_SCHEDULE"), "the noise schedule", "04_train_diffusion")
+    """The training noise schedule: diffusers ``DDPMScheduler`` with the config's NUM_TRAIN_TIMESTEPS (the
+    paper: 1000), BETA_SCHEDULE ("linear" = DDPM's 1e-4..0.02, or "squaredcos_cap_v2" = cosine),
+    PREDICTION_TYPE and ZERO_TERMINAL_SNR (a config saved before these existed counts as epsilon without
+    rescaling)."""
+    cfg = {**{k: v for k, v in LEGACY_VALUES.items() if k not in cfg}, **cfg}
+    require(cfg, SCHEDULE_KEYS, "the noise schedule", "04_train_diffusion")
     schedule = one_of(cfg["BETA_SCHEDULE"], "BETA_SCHEDULE", BETA_SCHEDULES)
     steps = as_int(cfg["NUM_TRAIN_TIMESTEPS"], "NUM_TRAIN_TIMESTEPS", minimum=2)
-    return DDPMScheduler(num_train_timesteps=steps, beta_schedule=schedule, prediction_type="epsilon")
+    prediction = one_of(cfg["PREDICTION_TYPE"], "PREDICTION_TYPE", PREDICTION_TYPES)
+    zero_snr = as_bool(cfg["ZERO_TERMINAL_SNR"], "ZERO_TERMINAL_SNR")
+    if zero_snr and prediction == "epsilon":
+        raise StudyInputError("ZERO_TERMINAL_SNR=True needs PREDICTION_TYPE v_prediction or sample: at the last "
+                              "timestep the input is pure noise, so epsilon-prediction cannot recover x0 (Lin et al.)")
+    return DDPMScheduler(num_train_timesteps=steps, beta_schedule=schedule, prediction_type=prediction,
+                         rescale_betas_zero_snr=zero_snr)
 
 
-def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Epsilon-prediction MSE (DDPM's simple loss), in float32 whatever the autocast dtype."""
-    return F.mse_loss(pred.float(), noise.float())
+def check_recipe(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The checked recipe keys (``INPUT_NORMALIZATION``, ``SNR_GAMMA`` and the schedule's)."""
+    noise_scheduler(cfg)
+    gamma = cfg["SNR_GAMMA"]
+    return {"INPUT_NORMALIZATION": one_of(cfg["INPUT_NORMALIZATION"], "INPUT_NORMALIZATION", INPUT_NORMALIZATIONS),
+            "SNR_GAMMA": None if gamma is None else as_float(gamma, "SNR_GAMMA", 0.0, low_open=True)}
+
+
+# ----------------------------------------------------------------------------------- input scaling
+
+def input_statistics(images: torch.Tensor, mode: str) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``images`` (uint8 ``[N, 3, R, R]``) on the [-1, 1] scale for
+    ``mode="standardize"``; ``([0, 0, 0], [1, 1, 1])`` for ``"none"`` (no change)."""
+    if mode == "none":
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    x = images.double().div(127.5).sub(1.0)
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [float(v) for v in x.mean(dim=(0, 2, 3))], [float(v) for v in std]
+
+
+def _shape(values, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+
+def to_model(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Images on the [-1, 1] scale to the model's input space."""
+    return (x - _shape(mean, x)) / _shape(std, x)
+
+
+def from_model(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """The model's space back to the [-1, 1] image scale."""
+    return x * _shape(std, x) + _shape(mean, x)
+
+
+def data_range(mean, std) -> float:
+    """The largest |value| an image in [-1, 1] takes in the model's space (where x0 is clipped)."""
+    return max(max(abs(-1.0 - m), abs(1.0 - m)) / s for m, s in zip(mean, std))
+
+
+# ------------------------------------------------------------------------------------------ the loss
+
+def training_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the network predicts at ``t``: the noise, the velocity ``sqrt(a) eps - sqrt(1-a) x0`` or x0."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    return x0
+
+
+def loss_weights(scheduler: DDPMScheduler, t: torch.Tensor, snr_gamma: float | None) -> torch.Tensor | None:
+    """Per-sample min-SNR-gamma weights for timesteps ``t`` (None: every sample weighs 1)."""
+    if snr_gamma is None:
+        return None
+    snr = compute_snr(scheduler, t)
+    clipped = snr.clamp(max=float(snr_gamma))
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr
+    if kind == "v_prediction":
+        return clipped / (snr + 1.0)
+    return clipped
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between prediction and target (DDPM's simple loss), optionally weighted per sample, in float32
+    whatever the autocast dtype."""
+    if weights is None:
+        return F.mse_loss(pred.float(), target.float())
+    per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    return (per_sample * weights.float()).mean()
 
 
 def lr_at(cfg: Mapping[str, Any], step: int, total: int) -> float:

@@ -1,4 +1,5 @@
-"""The machine a training runs on: usable CPU cores, visible GPUs, threads per process, a free port."""
+"""The machine a training runs on: usable CPU cores, visible GPUs, threads per process, the precision
+its matrix units make fast, a free port."""
 from __future__ import annotations
 
 import multiprocessing
@@ -49,3 +50,23 @@ def set_cpu_threads(world: int) -> None:
         torch.set_num_threads(1)
     else:
         torch.set_num_threads(max(1, usable_cpus() // world))  # processes share the cores
+
+
+def cpu_capability() -> str:
+    """What torch's CPU kernels use here, plus the bf16 units: e.g. ``"AVX512+AMX"``, ``"AVX2"``."""
+    extras = [name for name, has in (("AMX", torch.cpu._is_amx_tile_supported()),
+                                     ("AVX512_BF16", torch.cpu._is_avx512_bf16_supported())) if has]
+    return "+".join([torch.backends.cpu.get_cpu_capability(), *extras])
+
+
+def mixed_precision(setting: str, use_cpu: bool) -> str:
+    """``MIXED_PRECISION`` resolved: ``auto`` is bf16 autocast where the hardware computes bf16 natively (a
+    CUDA GPU with bf16, or a CPU with AMX or AVX-512 BF16) and fp32 ("no") elsewhere. Measured with
+    benchmarks/bench_cpu_step.py: on an AVX2-only CPU bf16 runs about 10x slower than fp32 (emulated), on
+    CPUs with AMX it ran 1.4-1.9x faster."""
+    if setting != "auto":
+        return setting
+    if not use_cpu:
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return "bf16" if native else "no"

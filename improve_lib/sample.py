@@ -1,11 +1,21 @@
 """Class-conditional DDIM sampling with classifier-free guidance (paper section 4.2: DDIM, 50 steps).
 
 diffusers' ``DDIMPipeline`` calls the UNet without class labels, so this module runs its own loop over
-``DDIMScheduler`` (built from the training ``DDPMScheduler`` config, so the noise schedule is the one
-the model was trained on).
+``DDIMScheduler`` (built from the training ``DDPMScheduler`` config, so the noise schedule and the
+prediction type are the ones the model was trained on).
 
-Guidance follows the reference code: ``eps = (1 + w) * eps_cond - w * eps_uncond`` (``w = 0`` is purely
-conditional), with the conditional and unconditional passes batched into one forward.
+Guidance follows the reference code: ``out = (1 + w) * out_cond - w * out_uncond`` on the model's output
+(``w = 0`` is purely conditional), with the conditional and unconditional passes batched into one forward.
+
+The sampler's settings are notebook 05's parameters (:data:`SAMPLER_KEYS`, checked by
+:func:`sampler_settings`): ``STEPS``, ``ETA``, ``GUIDANCE_SCALE``; ``GUIDANCE_INTERVAL`` ``[lo, hi]``, the
+noise levels ``t / (T - 1)`` at which guidance is applied (Kynkaenniemi et al. 2024: guidance only over a
+middle range; ``[0, 1]`` is every step, the paper); ``TIMESTEP_SPACING`` ``leading`` (diffusers' DDIM
+default, the paper's code: the first step is t = T - T/STEPS) or ``trailing`` (the first step is
+t = T - 1, pure noise under a zero-terminal-SNR schedule; Lin et al. 2024); ``SAMPLE_CLIPPING`` of the
+predicted x0 at each step: ``clip`` to the data's range (diffusers' default), ``dynamic`` thresholding
+(Imagen; images in [-1, 1] only) or ``none``. A model trained on standardised inputs
+(``INPUT_NORMALIZATION``) is sampled in that space and its output mapped back to [-1, 1].
 
 Reproducibility per image: each image's initial noise (and, for ``eta > 0``, its per-step noise) comes
 from its own generator seeded by that image's seed, so regenerating one image alone gives the same
@@ -29,20 +39,58 @@ from tqdm.auto import tqdm
 from . import models, objective
 from .errors import StudyInputError
 from .io import atomic_path, atomic_write_json
+from .parameters import as_float, as_int, one_of, require
+
+SAMPLER_KEYS = ("STEPS", "ETA", "GUIDANCE_SCALE", "GUIDANCE_INTERVAL", "TIMESTEP_SPACING", "SAMPLE_CLIPPING")
+TIMESTEP_SPACINGS = ("leading", "trailing")
+CLIPPINGS = ("clip", "dynamic", "none")
+# Dynamic thresholding (Imagen) as DeepFloyd IF sets it in diffusers: the 99.5th percentile of |x0|, at most 1.5.
+DYNAMIC_THRESHOLD = {"dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.5}
 
 
-def ddim_scheduler(scheduler_config: Mapping[str, Any], steps: int):
-    """A ``DDIMScheduler`` with the training schedule of ``scheduler_config``, set to ``steps`` steps."""
-    if int(steps) < 1:
-        raise StudyInputError(f"DDIM steps must be >= 1, got {steps}")
-    sched = DDIMScheduler.from_config(dict(scheduler_config))
-    sched.set_timesteps(int(steps))
+def sampler_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampler keys of ``params`` (notebook 05's parameters), checked; errors name the key."""
+    require(params, SAMPLER_KEYS, "the sampler settings", "05_sample")
+    interval = params["GUIDANCE_INTERVAL"]
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        raise StudyInputError(f"GUIDANCE_INTERVAL must be [lo, hi] with 0 <= lo <= hi <= 1, got {interval!r}")
+    lo, hi = (as_float(v, "GUIDANCE_INTERVAL", 0.0, 1.0) for v in interval)
+    if lo > hi:
+        raise StudyInputError(f"GUIDANCE_INTERVAL must be [lo, hi] with lo <= hi, got {interval!r}")
+    return {"STEPS": as_int(params["STEPS"], "STEPS", 1), "ETA": as_float(params["ETA"], "ETA", 0.0, 1.0),
+            "GUIDANCE_SCALE": as_float(params["GUIDANCE_SCALE"], "GUIDANCE_SCALE", 0.0),
+            "GUIDANCE_INTERVAL": [lo, hi],
+            "TIMESTEP_SPACING": one_of(params["TIMESTEP_SPACING"], "TIMESTEP_SPACING", TIMESTEP_SPACINGS),
+            "SAMPLE_CLIPPING": one_of(params["SAMPLE_CLIPPING"], "SAMPLE_CLIPPING", CLIPPINGS)}
+
+
+def preview_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampler of the preview grids during training: deterministic DDIM with ``SAMPLE_STEPS`` steps and
+    ``PREVIEW_GUIDANCE_SCALE`` at every step, trailing timesteps (they start at the last, noisiest step
+    whatever the schedule) and x0 clipped to the data's range."""
+    return {"STEPS": int(cfg["SAMPLE_STEPS"]), "ETA": 0.0, "GUIDANCE_SCALE": float(cfg["PREVIEW_GUIDANCE_SCALE"]),
+            "GUIDANCE_INTERVAL": [0.0, 1.0], "TIMESTEP_SPACING": "trailing", "SAMPLE_CLIPPING": "clip"}
+
+
+def ddim_scheduler(scheduler_config: Mapping[str, Any], settings: Mapping[str, Any], data_range: float = 1.0):
+    """A ``DDIMScheduler`` with the training schedule of ``scheduler_config`` and the sampler's spacing
+    and x0 clipping (``data_range``: the largest |value| of an image in the model's space), set to
+    ``settings["STEPS"]`` steps."""
+    clipping = settings["SAMPLE_CLIPPING"]
+    if clipping == "dynamic" and abs(data_range - 1.0) > 1e-6:
+        raise StudyInputError("SAMPLE_CLIPPING='dynamic' (Imagen's thresholding) assumes images in [-1, 1]; "
+                              "with INPUT_NORMALIZATION='standardize' use 'clip' or 'none'")
+    sched = DDIMScheduler.from_config(dict(scheduler_config), timestep_spacing=settings["TIMESTEP_SPACING"],
+                                      clip_sample=clipping == "clip", clip_sample_range=float(data_range),
+                                      thresholding=clipping == "dynamic", **DYNAMIC_THRESHOLD)
+    sched.set_timesteps(int(settings["STEPS"]))
     return sched
 
 
 def guided_epsilon(model, x: torch.Tensor, t: torch.Tensor | int, class_labels: torch.Tensor,
                    null_label: int, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guided noise prediction ``(1 + w) * eps(x|y) - w * eps(x|null)``.
+    """Classifier-free guided model output ``(1 + w) * out(x|y) - w * out(x|null)`` (the noise for an
+    epsilon model, the velocity for a v model).
 
     Both passes run as ONE forward over the concatenated batch ``[x; x]`` with labels ``[y; null]``.
     With ``guidance_scale == 0`` only the conditional pass runs.
@@ -76,19 +124,21 @@ def _noise(gens, shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_config: Mapping[str, Any],
-                seeds: Sequence[int] | torch.Generator, guidance_scale: float, steps: int, eta: float,
-                null_label: int | None = None, resolution: int | None = None, progress: bool = False) -> torch.Tensor:
+                seeds: Sequence[int] | torch.Generator, settings: Mapping[str, Any],
+                normalization: tuple[Sequence[float], Sequence[float]] | None = None, null_label: int | None = None,
+                resolution: int | None = None, progress: bool = False) -> torch.Tensor:
     """Generate one image per entry of ``class_labels`` with guided DDIM.
 
     Args:
         model: the trained ``UNet2DConditionModel`` (put in eval mode here).
         class_labels: ``[B]`` class indices 0..C-1.
-        scheduler_config: the training ``DDPMScheduler`` config (``noise_scheduler(cfg).config``).
+        scheduler_config: the training ``DDPMScheduler`` config (``objective.noise_scheduler(cfg).config``).
         seeds: one int seed per image (per-image generators: image i is independent of the batch), or a
             single ``torch.Generator`` shared by the batch.
-        guidance_scale: ``w`` in ``(1 + w) * eps_cond - w * eps_uncond``; 0 = purely conditional.
+        settings: the sampler's settings (:func:`sampler_settings`).
+        normalization: the model's input ``(mean, std)`` per channel (``INPUT_MEAN``, ``INPUT_STD`` of its
+            training config); None for images in [-1, 1].
         null_label: the null-condition index (default: the table's last row).
-        steps: DDIM steps; eta: DDIM stochasticity (0 = deterministic DDIM).
         resolution: image side (default: ``model.config.sample_size``).
 
     Returns ``[B, 3, R, R]`` float32 on the CPU with values in [0, 1].
@@ -100,10 +150,14 @@ def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_
         null_label = models.null_label(model)
     if len(labels) and (labels.min() < 0 or labels.max() >= null_label):
         raise StudyInputError(f"class_labels must be in 0..{null_label - 1}, got {labels.tolist()}")
+    mean, std = normalization or ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
     res = int(resolution or model.config.sample_size)
     shape = (len(labels), 3, res, res)
     gens = _generators(seeds, len(labels))
-    sched = ddim_scheduler(scheduler_config, steps)
+    sched = ddim_scheduler(scheduler_config, settings, objective.data_range(mean, std))
+    last = sched.config.num_train_timesteps - 1
+    lo, hi = settings["GUIDANCE_INTERVAL"]
+    eta = float(settings["ETA"])
     was_training = model.training
     model.eval()
     x = _noise(gens, shape).to(device=device, dtype=dtype)
@@ -113,25 +167,25 @@ def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_
         timesteps = tqdm(timesteps, desc="DDIM", leave=False)
     try:
         for t in timesteps:
-            eps = guided_epsilon(model, x, t.to(device), labels, null_label, guidance_scale)
+            w = settings["GUIDANCE_SCALE"] if lo <= float(t) / last <= hi else 0.0
+            out = guided_epsilon(model, x, t.to(device), labels, null_label, w)
             noise = _noise(gens, shape).to(device=device, dtype=dtype) if eta > 0 else None
-            x = sched.step(eps, t, x, eta=float(eta), variance_noise=noise).prev_sample
+            x = sched.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
     finally:
         model.train(was_training)
-    return x.float().clamp(-1, 1).add(1).div(2).cpu()
+    return objective.from_model(x.float(), mean, std).clamp(-1, 1).add(1).div(2).cpu()
 
 
-def sample_grid(model, num_classes: int, *, scheduler_config: Mapping[str, Any], per_class: int,
-                guidance_scale: float, steps: int, seed: int, resolution: int | None = None) -> torch.Tensor:
+def sample_grid(model, num_classes: int, *, scheduler_config: Mapping[str, Any], settings: Mapping[str, Any],
+                per_class: int, seed: int, normalization=None, resolution: int | None = None) -> torch.Tensor:
     """A preview grid ``[3, H, W]`` in [0, 1]: one row per class, ``per_class`` images per row.
 
     Image ``k`` (row-major) uses seed ``seed + k``, so grids from different steps of a run are comparable.
-    Deterministic DDIM (eta 0).
     """
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    images = ddim_sample(model, labels, scheduler_config=scheduler_config,
-                         seeds=[seed + k for k in range(len(labels))], guidance_scale=guidance_scale,
-                         steps=steps, eta=0.0, resolution=resolution)
+    images = ddim_sample(model, labels, scheduler_config=scheduler_config, settings=settings,
+                         seeds=[seed + k for k in range(len(labels))], normalization=normalization,
+                         resolution=resolution)
     return make_grid(images, nrow=per_class, padding=2, pad_value=1.0)
 
 
@@ -150,52 +204,56 @@ def image_seed(seed: int, class_index: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(class_index), int(index)]).generate_state(1)[0])
 
 
-def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int, eta: float, guidance_scale: float,
-               seed: int, batch_size: int, ema: bool, device: str | None = None, progress: bool = True) -> pd.DataFrame:
+def trained(run_dir: str | Path, arm: str, ema: bool, device: str | None = None):
+    """An arm's trained model ready to sample: ``(model on device, class names, training config, the
+    scheduler config, the input normalization (mean, std))``."""
+    model, class_names, cfg = models.load_trained(run_dir, arm, ema=ema)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    normalization = (cfg.get("INPUT_MEAN") or [0.0] * 3, cfg.get("INPUT_STD") or [1.0] * 3)
+    return model, class_names, cfg, objective.noise_scheduler(cfg).config, normalization
+
+
+def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, settings: Mapping[str, Any], seed: int,
+               batch_size: int, ema: bool, device: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Generate ``n_per_class`` images per class with ``arm``'s trained model into
     ``RUN_DIR/samples/<arm>/<class>/<index>.png`` and return the index table.
 
     Image ``(class c, index i)`` starts from noise seeded by :func:`image_seed` ``(seed, c, i)``, so any
     image can be regenerated alone. Existing PNGs are kept (a rerun fills in what is missing), which is
-    safe because their bytes depend only on (model, seed, class, index, steps, eta, guidance); the
-    settings and the model's weight hash are recorded in ``samples/<arm>/sampling.json`` and a change
-    of either is refused.
+    safe because their bytes depend only on (model, seed, class, index, sampler settings); the settings
+    and the model's weight hash are recorded in ``samples/<arm>/sampling.json`` and a change of either is
+    refused.
     """
     if int(n_per_class) < 1:
         raise StudyInputError(f"N_PER_CLASS must be >= 1, got {n_per_class}")
-    model, class_names, cfg = models.load_trained(run_dir, arm, ema=ema)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    settings = sampler_settings(settings)
+    model, class_names, cfg, sched_cfg, normalization = trained(run_dir, arm, ema, device)
     out_dir = Path(run_dir) / "samples" / arm
-    settings = {"arm": arm, "steps": int(steps), "eta": float(eta), "guidance_scale": float(guidance_scale),
-                "seed": int(seed), "ema": bool(ema), "guidance_formula": "(1+w)*eps_cond - w*eps_uncond",
-                "model_sha256": models.state_dict_sha256(model)}  # a retrained model must not reuse old PNGs
-    record = out_dir / "sampling.json"
-    if record.is_file():
-        old = json.loads(record.read_text())
-        changed = sorted(k for k in settings if old.get(k) != settings[k])
+    record = {"arm": arm, **settings, "seed": int(seed), "ema": bool(ema),
+              "guidance_formula": "(1+w)*out_cond - w*out_uncond at t/(T-1) in GUIDANCE_INTERVAL, else out_cond",
+              "model_sha256": models.state_dict_sha256(model)}  # a retrained model must not reuse old PNGs
+    path = out_dir / "sampling.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in record if old.get(k) != record[k])
         if changed:
             raise StudyInputError(f"{out_dir} holds samples made with other settings {changed} "
                                   f"(was { {k: old.get(k) for k in changed} }); delete it to sample again")
-    atomic_write_json(record, settings)
+    atomic_write_json(path, record)
     jobs = [(c, i) for c in range(len(class_names)) for i in range(int(n_per_class))]
     rows = [{"arm": arm, "class_name": class_names[c], "label": c, "index": i,
              "seed": image_seed(seed, c, i), "path": str(out_dir / class_names[c] / f"{i:04d}.png")} for c, i in jobs]
     todo = [r for r in rows if not Path(r["path"]).is_file()]
-    bar = None
-    if progress:
-        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"sampling {arm}", unit="img")
-    sched_cfg = objective.noise_scheduler(cfg).config
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"sampling {arm}", unit="img",
+               disable=not progress)
     for start in range(0, len(todo), int(batch_size)):
         chunk = todo[start:start + int(batch_size)]
-        images = ddim_sample(model, [r["label"] for r in chunk], scheduler_config=sched_cfg,
-                             seeds=[r["seed"] for r in chunk], guidance_scale=guidance_scale, steps=steps, eta=eta)
+        images = ddim_sample(model, [r["label"] for r in chunk], scheduler_config=sched_cfg, settings=settings,
+                             seeds=[r["seed"] for r in chunk], normalization=normalization)
         for r, img in zip(chunk, images):
             save_png(img, r["path"])
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+        bar.update(len(chunk))
+    bar.close()
     table = pd.DataFrame(rows)
     with atomic_path(out_dir / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
@@ -204,17 +262,17 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, steps: int, e
 
 def regenerate(run_dir: str | Path, arm: str, class_name: str, index: int) -> torch.Tensor:
     """Regenerate one image of a run's samples alone, from its (seed, class, index), as ``[3, R, R]``, with
-    the settings (steps, eta, guidance, EMA or raw weights) recorded in ``samples/<arm>/sampling.json``."""
+    the settings (sampler, EMA or raw weights) recorded in ``samples/<arm>/sampling.json``."""
     out_dir = Path(run_dir) / "samples" / arm
     if not (out_dir / "sampling.json").is_file():
         raise StudyInputError(f"no samples for arm {arm!r} in {out_dir}: run notebook 05_sample first")
     s = json.loads((out_dir / "sampling.json").read_text())
-    model, class_names, cfg = models.load_trained(run_dir, arm, ema=s["ema"])
+    model, class_names, cfg, sched_cfg, normalization = trained(run_dir, arm, s["ema"])
     if class_name not in class_names:
         raise StudyInputError(f"class {class_name!r} is not one of {class_names}")
     c = class_names.index(class_name)
-    return ddim_sample(model, [c], scheduler_config=objective.noise_scheduler(cfg).config, seeds=[image_seed(s["seed"], c, index)],
-                       guidance_scale=s["guidance_scale"], steps=s["steps"], eta=s["eta"])[0]
+    return ddim_sample(model, [c], scheduler_config=sched_cfg, seeds=[image_seed(s["seed"], c, index)],
+                       settings=sampler_settings(s), normalization=normalization)[0]
 
 
 def read_samples(run_dir: str | Path, arm: str, class_names: Sequence[str], n_per_class: int):

@@ -50,7 +50,8 @@ ABLATIONS_DIR = PARAMS_DIR / "ablations"
 COMPARE_NOTEBOOK = "08_compare_runs.ipynb"
 RESERVED = {"SEED": "give seeds with --seeds", "RUN_DIR": "each run gets its own folder",
             "PROFILE": "give the profile with --profile"}
-PRESET_KEYS = {"description", "profile", "dataset", "data_dir", "grid", "seeds", "set", "from", "to",
+VARIANT_KEY = "RECIPE"  # the grid axis of a preset's named variants (each sets several keys at once)
+PRESET_KEYS = {"description", "profile", "dataset", "data_dir", "grid", "variants", "seeds", "set", "from", "to",
                "time"}
 
 
@@ -66,16 +67,19 @@ class SweepSpec:
     from_nb: str | None = None
     to_nb: str | None = None
     name: str | None = None
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
 class SweepRun:
-    """One expanded run: its folder name, grid values, seed, resolved parameters and stage keys."""
+    """One expanded run: its folder name, grid values (``RECIPE``: the variant's name), seed, resolved
+    parameters, stage keys, and the overrides the grid point sets (a variant's settings and grid values)."""
     name: str
     point: dict[str, Any]
     seed: int
     params: dict[str, Any]
     keys: dict[str, str]
+    sets: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -126,6 +130,10 @@ def load_preset(name: str, ablations_dir: Path = ABLATIONS_DIR) -> dict[str, Any
     if not isinstance(grid, dict) or any(not isinstance(v, list) for v in grid.values()):
         raise StudyInputError(f"{path}: grid must map KEY to a list of values")
     data["grid"] = {k: [_expand_env(v, path, k) for v in vs] for k, vs in grid.items()}
+    variants = data.get("variants") or {}
+    if not isinstance(variants, dict) or any(not isinstance(v, dict) for v in variants.values()):
+        raise StudyInputError(f"{path}: variants must map a name to a mapping of KEY: value")
+    data["variants"] = {str(name): dict(v) for name, v in variants.items()}
     data["name"] = path.stem
     return data
 
@@ -152,13 +160,14 @@ def spec_from(preset: dict[str, Any] | None = None, **flags: Any) -> SweepSpec:
     profile = flags.get("profile") or preset.get("profile")
     if not profile:
         raise StudyInputError("sweep: give --profile (or a --preset that names one)")
-    if not grid:
-        raise StudyInputError("sweep: give at least one --grid KEY=v1,v2 (or a --preset with a grid)")
+    variants = dict(preset.get("variants") or {})
+    if not grid and not variants:
+        raise StudyInputError("sweep: give at least one --grid KEY=v1,v2 (or a --preset with a grid or variants)")
     pick = lambda k, pk: flags.get(k) if flags.get(k) is not None else preset.get(pk)  # noqa: E731
     return SweepSpec(profile=profile, grid=grid, seeds=parse_seeds(seeds), dataset=pick("dataset", "dataset"),
                      data_dir=pick("data_dir", "data_dir"), sets=sets,
                      from_nb=_nb_number(pick("from_nb", "from")), to_nb=_nb_number(pick("to_nb", "to")),
-                     name=flags.get("name") or preset.get("name"))
+                     name=flags.get("name") or preset.get("name"), variants=variants)
 
 
 def _nb_number(value: Any) -> str | None:
@@ -190,21 +199,24 @@ def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK
     def refs(key: str) -> list[Any]:
         return [profile_flat.get(key)] + [literal(d[key]) for d in declared.values() if key in d]
 
-    out = {}
-    for key, values in spec.grid.items():
+    def check_key(key: str, where: str) -> None:
         if key in RESERVED:
-            raise StudyInputError(f"--grid {key}: not a grid key ({RESERVED[key]})")
+            raise StudyInputError(f"{where}: not a grid key ({RESERVED[key]})")
         owners = [name for name, d in declared.items() if key in d]
         if not owners:
-            raise StudyInputError(f"--grid {key}: no notebook declares {key} in its parameters cell; "
+            raise StudyInputError(f"{where}: no notebook declares {key} in its parameters cell; "
                                   f"see the notebooks' parameters or `params/{spec.profile}.yaml`")
         if not set(owners) & chosen:
-            raise StudyInputError(f"--grid {key}: a parameter of {owners}, which this sweep does not run "
+            raise StudyInputError(f"{where}: a parameter of {owners}, which this sweep does not run "
                                   f"(--to {spec.to_nb})")
         early = [o for o in owners if spec.from_nb and o[:2] < spec.from_nb]
         if early:
-            raise StudyInputError(f"--grid {key}: a parameter of {early}, before --from {spec.from_nb}; the "
+            raise StudyInputError(f"{where}: a parameter of {early}, before --from {spec.from_nb}; the "
                                   f"sweep would not share those notebooks. Drop --from or start it at {early[0][:2]}")
+
+    out = {}
+    for key, values in spec.grid.items():
+        check_key(key, f"--grid {key}")
         if not values:
             raise StudyInputError(f"--grid {key}: no values")
         if len(values) != len({_canonical(v) for v in values}):
@@ -212,6 +224,12 @@ def check_grid(spec: SweepSpec, books: list[Path], notebook_dir: Path = NOTEBOOK
         out[key] = [check_type(key, v, refs(key), f"--grid {key}") for v in values]
         if len({_canonical(v) for v in out[key]}) != len(out[key]):
             raise StudyInputError(f"--grid {key}: values {values} name the same setting twice")
+    for name, settings in spec.variants.items():
+        for key, value in settings.items():
+            check_key(key, f"variant {name!r}: {key}")
+            if key in out:
+                raise StudyInputError(f"variant {name!r}: {key} is also a --grid key")
+            settings[key] = check_type(key, value, refs(key), f"variant {name!r}: {key}")
     for key, value in spec.sets.items():
         if key in RESERVED:
             raise StudyInputError(f"--set {key}: not allowed in a sweep ({RESERVED[key]})")
@@ -257,19 +275,21 @@ def expand(spec: SweepSpec, notebook_dir: Path = NOTEBOOK_DIR) -> list[SweepRun]
     books = selected_notebooks(spec, notebook_dir)
     grid = spec.grid = check_grid(spec, books, notebook_dir)
     every = list_notebooks(None, notebook_dir)
-    keys_ = list(grid)
+    axes = ([(VARIANT_KEY, list(spec.variants))] if spec.variants else []) + list(grid.items())
     runs, names = [], {}
     for seed in spec.seeds:
-        for values in itertools.product(*(grid[k] for k in keys_)):
-            point = dict(zip(keys_, values))
+        for values in itertools.product(*(v for _, v in axes)):
+            point = dict(zip((k for k, _ in axes), values))
             name = run_name(point, seed)
             if name in names:
                 raise StudyInputError(f"grid entries {names[name]} and {point} give the same run name {name!r}; "
                                       f"make the values distinguishable")
             names[name] = point
+            overrides = {**spec.variants.get(point.get(VARIANT_KEY), {}),
+                         **{k: v for k, v in point.items() if k != VARIANT_KEY}}
             params = resolve_params(spec.profile, spec.dataset, spec.data_dir,
-                                    {**spec.sets, **point, "SEED": seed}, every)
-            runs.append(SweepRun(name, point, seed, params, stage_keys(params, every)))
+                                    {**spec.sets, **overrides, "SEED": seed}, every)
+            runs.append(SweepRun(name, point, seed, params, stage_keys(params, every), overrides))
     return runs
 
 
@@ -278,7 +298,8 @@ def default_sweep_dir(spec: SweepSpec) -> Path:
     if spec.name:
         return Path("runs") / "sweeps" / spec.name
     dataset = spec.dataset or load_profile(spec.profile).get("DATASET", "synthetic")
-    return Path("runs") / "sweeps" / "-".join([spec.profile, dataset] + [k.lower() for k in spec.grid])
+    axes = ([VARIANT_KEY] if spec.variants else []) + list(spec.grid)
+    return Path("runs") / "sweeps" / "-".join([spec.profile, dataset] + [k.lower() for k in axes])
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -374,7 +395,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump({
         "profile": spec.profile, "dataset": runs[0].params["DATASET"], "data_dir": spec.data_dir,
-        "grid": spec.grid, "seeds": spec.seeds, "set": spec.sets, "from": spec.from_nb, "to": spec.to_nb,
+        "grid": {**({VARIANT_KEY: list(spec.variants)} if spec.variants else {}), **spec.grid},
+        "variants": spec.variants, "seeds": spec.seeds, "set": spec.sets, "from": spec.from_nb, "to": spec.to_nb,
         "notebooks": [b.name for b in books], "started": datetime.now().astimezone().isoformat(timespec="seconds"),
     }, sort_keys=False))
     outcomes = []
@@ -403,7 +425,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
             run_dir.mkdir(parents=True, exist_ok=True)
             manifest.save(run_dir, m)
             run_pipeline(spec.profile, dataset=spec.dataset, data_dir=spec.data_dir, run_dir=run_dir,
-                         only=[b.name[:2] for b in books], sets={**spec.sets, **run.point, "SEED": run.seed},
+                         only=[b.name[:2] for b in books], sets={**spec.sets, **run.sets, "SEED": run.seed},
                          resume=True, force=True, progress=progress, notebook_dir=notebook_dir)
             outcomes.append(RunOutcome(run, "done", time.time() - t0, reused))
         except (StudyInputError, StudyRunError) as exc:

@@ -1,9 +1,8 @@
 """Training entry point for both arms: ``train(config)``, ``python -m improve_lib.train --config ...``.
 
-One function serves a notebook (:func:`improve_lib.launch.launch`, which uses
-``accelerate.notebook_launcher``), a terminal and a cluster (``accelerate launch -m improve_lib.train
---config config.yaml``). The config is complete: notebook 04 writes it from its parameters cell (the
-study's defaults) into ``RUN_DIR/models/<ARM>/config.yaml``; a missing key is an error naming it.
+One function serves a notebook (:func:`improve_lib.launch.launch`), a terminal and a cluster (``accelerate
+launch -m improve_lib.train --config config.yaml``). The config is complete: notebook 04 writes it from its
+parameters cell into ``RUN_DIR/models/<ARM>/config.yaml``; a missing key is an error naming it.
 Everything a run writes lives under ``RUN_DIR/models/<ARM_NAME>/``::
 
     checkpoint-<step>/     accelerator.save_state + training_state.json (written last = complete)
@@ -14,8 +13,8 @@ Everything a run writes lives under ``RUN_DIR/models/<ARM_NAME>/``::
     final/                 save_pretrained (raw weights), ema/ (EMA weights), scheduler/,
                            class_names.json, train_config.yaml, training_summary.json
 
-Objective (paper section 3, DDPM): epsilon-prediction MSE at a uniformly drawn timestep, with the class
-label replaced by the null row ``C`` with probability ``P_UNCOND`` (classifier-free guidance).
+The objective is :mod:`improve_lib.objective`'s; the class label is replaced by the null row ``C`` with
+probability ``P_UNCOND`` (classifier-free guidance).
 
 Exact kill-and-resume: nothing random depends on a dataloader or on the global RNG state. Each step's
 timesteps, noise, condition-dropout mask, flips and dropout seed are drawn from generators seeded by
@@ -51,24 +50,26 @@ from . import checkpoints, data, export, models, objective, plots, processes, pr
 from .errors import StudyInputError
 from .io import atomic_path
 from .loss_log import LossLog, TrainingDivergedError
+from .parameters import as_bool, as_float, as_int, one_of, require
 
 __all__ = ["ARMS", "TRAIN_KEYS", "RESUME_KEYS", "TrainingDivergedError", "TrainingRun", "main", "resolve_config",
            "train"]
-from .parameters import as_bool, as_float, as_int, one_of, require
 
 ARMS = ("prototype", "baseline")
 # The training keys of notebook 04's parameters cell, beside the model keys (models.MODEL_KEYS).
 TRAIN_KEYS = ("CLASS_EMBEDDING_MAP", "FREEZE_PROTOTYPES", "P_UNCOND", "LR", "WEIGHT_DECAY", "WARMUP_STEPS",
               "LR_SCHEDULE", "GRAD_CLIP", "EMA_DECAY", "MIXED_PRECISION", "MAX_STEPS", "EPOCHS", "BATCH_SIZE",
-              "NUM_TRAIN_TIMESTEPS", "BETA_SCHEDULE", "FLIP", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS",
-              "SAMPLE_EVERY", "SAMPLE_STEPS", "SAMPLE_PER_CLASS", "PREVIEW_GUIDANCE_SCALE")
+              "NUM_TRAIN_TIMESTEPS", "BETA_SCHEDULE", "PREDICTION_TYPE", "SNR_GAMMA", "ZERO_TERMINAL_SNR",
+              "INPUT_NORMALIZATION", "FLIP", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_EVERY", "SAMPLE_STEPS",
+              "SAMPLE_PER_CLASS", "PREVIEW_GUIDANCE_SCALE")
 # How to run, not what is computed: optional, with these values when absent.
 RUN_OPTIONS: dict[str, Any] = {"ARM_NAME": None, "CPU": "auto", "PROGRESS": True}
-# Keys whose change makes a resumed run differ from the one its checkpoint belongs to.
-RESUME_KEYS = models.MODEL_KEYS + ("ARM", "CLASS_EMBEDDING_MAP", "FREEZE_PROTOTYPES", "P_UNCOND", "LR",
-                                   "WEIGHT_DECAY", "WARMUP_STEPS", "LR_SCHEDULE", "GRAD_CLIP", "EMA_DECAY",
-                                   "MIXED_PRECISION", "BATCH_SIZE", "NUM_TRAIN_TIMESTEPS", "BETA_SCHEDULE", "FLIP",
-                                   "WORLD_SIZE", "CLASS_NAMES", "TRAIN_SET_SHA256", "CLASS_TABLE_SHA256")
+# Keys whose change makes a resumed run differ from the one its checkpoint belongs to: the model, the recipe
+# and the data (not the run length nor the checkpoint and preview cadence).
+_CADENCE = {"MAX_STEPS", "EPOCHS", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_EVERY", "SAMPLE_STEPS",
+            "SAMPLE_PER_CLASS", "PREVIEW_GUIDANCE_SCALE"}
+RESUME_KEYS = models.MODEL_KEYS + ("ARM",) + tuple(k for k in TRAIN_KEYS if k not in _CADENCE) + (
+    "WORLD_SIZE", "CLASS_NAMES", "TRAIN_SET_SHA256", "CLASS_TABLE_SHA256")
 # key -> (low, high, low open, high open) for the float keys; key -> minimum for the int keys
 _FLOATS = {"P_UNCOND": (0.0, 1.0, False, True), "LR": (0.0, None, True, False), "WEIGHT_DECAY": (0.0, None, False, False),
            "GRAD_CLIP": (0.0, None, False, False), "EMA_DECAY": (0.0, 1.0, False, True),
@@ -122,6 +123,7 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
         cfg["EPOCHS"] = as_float(cfg["EPOCHS"], "EPOCHS", 0.0, low_open=True)
     if cfg["ARM_NAME"] in (None, ""):
         cfg["ARM_NAME"] = cfg["ARM"]
+    cfg.update(objective.check_recipe(cfg))
     models.model_config(cfg, cond_dim=1)  # the model keys, checked before any work
     return cfg
 
@@ -167,9 +169,7 @@ class TrainingRun:
         self.started = time.time()
         self.out_dir = models.arm_dir(cfg["RUN_DIR"], cfg["ARM_NAME"])
         use_cpu = (not torch.cuda.is_available()) if cfg["CPU"] == "auto" else cfg["CPU"]
-        precision = cfg["MIXED_PRECISION"]
-        if precision == "auto":
-            precision = "bf16" if not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        precision = processes.mixed_precision(cfg["MIXED_PRECISION"], use_cpu)
         self.accelerator = acc = Accelerator(cpu=use_cpu, mixed_precision=precision, project_dir=str(self.out_dir))
         self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
         if self.main:
@@ -195,9 +195,12 @@ class TrainingRun:
         self.total = (cfg["MAX_STEPS"] if cfg["MAX_STEPS"] is not None
                       else math.ceil(cfg["EPOCHS"] * n_images / global_batch))
         self.cfg = {**cfg, **self.mcfg, "MIXED_PRECISION": precision, "CPU": use_cpu, "WORLD_SIZE": self.world,
+                    "CPU_CAPABILITY": processes.cpu_capability(),
                     "TOTAL_STEPS": self.total, "NUM_CLASSES": self.num_classes, "NUM_TRAIN_IMAGES": n_images,
                     "CLASS_NAMES": self.class_names, "TRAIN_SET_SHA256": train_sha,
                     "CLASS_TABLE_SHA256": _tensor_sha(self.init_table)}
+        self.input_mean, self.input_std = objective.input_statistics(images, cfg["INPUT_NORMALIZATION"])
+        self.cfg.update(INPUT_MEAN=self.input_mean, INPUT_STD=self.input_std)  # the sampler undoes them
         self.resume_cfg = {k: self.cfg[k] for k in RESUME_KEYS}
         if cfg["LR_SCHEDULE"] == "cosine":
             self.resume_cfg["TOTAL_STEPS"] = self.total  # the cosine curve depends on the run length
@@ -254,7 +257,7 @@ class TrainingRun:
         noise = torch.randn((bsz, 3, res, res), generator=g).to(self.device)
         drop = (torch.rand(bsz, generator=g) < cfg["P_UNCOND"]).to(self.device)
         flips = (torch.rand(bsz, 2, generator=g) < 0.5).to(self.device)
-        x0 = self.images[idx].float().div(127.5).sub(1.0)
+        x0 = objective.to_model(self.images[idx].float().div(127.5).sub(1.0), self.input_mean, self.input_std)
         if cfg["FLIP"]:
             x0 = torch.where(flips[:, 0, None, None, None], x0.flip(-1), x0)
             x0 = torch.where(flips[:, 1, None, None, None], x0.flip(-2), x0)
@@ -264,7 +267,8 @@ class TrainingRun:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         pred = self.model(xt, t, encoder_hidden_states=None, class_labels=y).sample
-        loss = objective.diffusion_loss(pred, noise)
+        target = objective.training_target(self.scheduler, x0, noise, t)
+        loss = objective.diffusion_loss(pred, target, objective.loss_weights(self.scheduler, t, cfg["SNR_GAMMA"]))
         # the mean over ranks, so that every rank sees a NaN at the same step and stops together
         self.log.add(step + 1, self.accelerator.reduce(loss.detach().clone(), reduction="mean"), lr)
         self.accelerator.backward(loss)
@@ -301,9 +305,8 @@ class TrainingRun:
         if self.main:
             with export.ema_weights(self.ema, self.unwrapped):
                 grid = sample.sample_grid(self.unwrapped, self.num_classes, scheduler_config=self.scheduler.config,
-                                          per_class=self.cfg["SAMPLE_PER_CLASS"],
-                                          guidance_scale=self.cfg["PREVIEW_GUIDANCE_SCALE"],
-                                          steps=self.cfg["SAMPLE_STEPS"], seed=self.cfg["SEED"])
+                                          settings=sample.preview_settings(self.cfg), per_class=self.cfg["SAMPLE_PER_CLASS"],
+                                          seed=self.cfg["SEED"], normalization=(self.input_mean, self.input_std))
             sample.save_png(grid, self.out_dir / "samples" / f"step-{at}.png")
         self.accelerator.wait_for_everyone()
         self.io_seconds += time.time() - started

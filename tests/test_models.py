@@ -145,7 +145,15 @@ def test_flop_counter():
 
 # ----------------------------------------------------------------------------------------- sampler
 
-SCHED = dict(noise_scheduler({"NUM_TRAIN_TIMESTEPS": 1000, "BETA_SCHEDULE": "linear"}).config)
+SCHED = dict(noise_scheduler({"NUM_TRAIN_TIMESTEPS": 1000, "BETA_SCHEDULE": "linear", "PREDICTION_TYPE": "epsilon",
+                              "ZERO_TERMINAL_SNR": False}).config)
+# the paper's sampler (notebook 05's settings before the recipe options): leading steps, x0 clipped, guidance at every step
+PAPER_SAMPLER = {"STEPS": 3, "ETA": 0.0, "GUIDANCE_SCALE": 1.5, "GUIDANCE_INTERVAL": [0.0, 1.0],
+                 "TIMESTEP_SPACING": "leading", "SAMPLE_CLIPPING": "clip"}
+
+
+def sampler(**over):
+    return {**PAPER_SAMPLER, **over}
 
 
 def test_batched_cfg_equals_two_pass_formula(proto_model):
@@ -172,7 +180,7 @@ class CountingModel(torch.nn.Module):
 
 def test_ddim_one_forward_per_step_same_seed_same_output(proto_model):
     counting = CountingModel(proto_model)
-    kw = dict(scheduler_config=SCHED, guidance_scale=1.5, steps=3, eta=0.0)
+    kw = dict(scheduler_config=SCHED, settings=sampler())
     a = ddim_sample(counting, [0, 1, 2], seeds=[5, 6, 7], **kw)
     assert counting.calls == [6, 6, 6]  # [cond; uncond] of 3 images, once per step
     b = ddim_sample(proto_model, [0, 1, 2], seeds=[5, 6, 7], **kw)
@@ -185,7 +193,7 @@ def test_ddim_one_forward_per_step_same_seed_same_output(proto_model):
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_single_image_regenerated_alone_equals_its_slot(proto_model, eta):
-    kw = dict(scheduler_config=SCHED, guidance_scale=1.0, steps=3, eta=eta)
+    kw = dict(scheduler_config=SCHED, settings=sampler(GUIDANCE_SCALE=1.0, ETA=eta))
     batch = ddim_sample(proto_model, [0, 1, 2, 1], seeds=[10, 11, 12, 13], **kw)
     alone = ddim_sample(proto_model, [2], seeds=[12], **kw)
     assert torch.allclose(alone[0], batch[2], atol=1e-5)
@@ -193,13 +201,14 @@ def test_single_image_regenerated_alone_equals_its_slot(proto_model, eta):
 
 def test_sampler_rejects_bad_labels_and_seed_counts(proto_model):
     with pytest.raises(StudyInputError, match="class_labels"):
-        ddim_sample(proto_model, [C], seeds=[0], scheduler_config=SCHED, guidance_scale=0.0, steps=1, eta=0.0)
+        ddim_sample(proto_model, [C], seeds=[0], scheduler_config=SCHED, settings=sampler(STEPS=1))
     with pytest.raises(StudyInputError, match="seeds"):
-        ddim_sample(proto_model, [0, 1], seeds=[0], scheduler_config=SCHED, guidance_scale=0.0, steps=1, eta=0.0)
+        ddim_sample(proto_model, [0, 1], seeds=[0], scheduler_config=SCHED, settings=sampler(STEPS=1))
 
 
 def test_sample_grid_one_row_per_class(proto_model):
-    grid = sample_grid(proto_model, C, scheduler_config=SCHED, per_class=2, steps=2, guidance_scale=1.0, seed=0)
+    grid = sample_grid(proto_model, C, scheduler_config=SCHED, settings=sampler(STEPS=2, GUIDANCE_SCALE=1.0),
+                       per_class=2, seed=0)
     assert grid.shape == (3, 2 + C * 18, 2 + 2 * 18)  # make_grid padding 2
 
 

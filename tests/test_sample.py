@@ -13,11 +13,14 @@ from test_train import CLASSES, make_run, tiny_config
 
 pytestmark = pytest.mark.slow
 # notebook 05's settings, given in full (the library has no defaults of its own)
-SAMPLING = dict(eta=0.0, guidance_scale=1.8, seed=0, batch_size=64, ema=True)
+SAMPLER = {"STEPS": 2, "ETA": 0.0, "GUIDANCE_SCALE": 1.8, "GUIDANCE_INTERVAL": [0.0, 1.0],
+           "TIMESTEP_SPACING": "leading", "SAMPLE_CLIPPING": "clip"}
 
 
-def _sample(run, arm, n_per_class, **settings):
-    return sample.sample_arm(run, arm, n_per_class, **{**SAMPLING, **settings})
+def _sample(run, arm, n_per_class, steps=2, guidance_scale=1.8, seed=0, batch_size=64, ema=True):
+    settings = {**SAMPLER, "STEPS": steps, "GUIDANCE_SCALE": guidance_scale}
+    return sample.sample_arm(run, arm, n_per_class, settings=settings, seed=seed, batch_size=batch_size, ema=ema,
+                             progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def test_changed_settings_or_model_are_refused(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run, ignore=shutil.ignore_patterns("samples"))
     _sample(run, "baseline", 1, steps=2, seed=0)
-    with pytest.raises(StudyInputError, match="steps"):
+    with pytest.raises(StudyInputError, match="STEPS"):
         _sample(run, "baseline", 1, steps=3, seed=0)
     train.train(tiny_config(run, arm="baseline", MAX_STEPS=3))  # resumes and trains on: new weights
     with pytest.raises(StudyInputError, match="model_sha256"):
