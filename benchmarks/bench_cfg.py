@@ -20,14 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from improve_lib.models import build_unet, noise_scheduler  # noqa: E402
+from improve_lib.models import build_unet  # noqa: E402
+from improve_lib.objective import noise_scheduler  # noqa: E402
 from improve_lib.sample import ddim_sample, ddim_scheduler  # noqa: E402
 
 
 @torch.no_grad()
-def two_pass_sample(model, labels, sched_cfg, seeds, w, steps, res):
+def two_pass_sample(model, labels, sched_cfg, seeds, w, settings, res):
     """The same guided DDIM, with the conditional and unconditional passes as two forwards."""
-    sched = ddim_scheduler(sched_cfg, steps)
+    sched = ddim_scheduler(sched_cfg, settings)
     null = int(model.config.num_class_embeds) - 1
     x = torch.stack([torch.randn(3, res, res, generator=torch.Generator().manual_seed(s)) for s in seeds])
     for t in sched.timesteps:
@@ -55,17 +56,19 @@ def main() -> None:
            "COND_DIM": args.cond_dim, "NORM_GROUPS": 8, "DROPOUT": 0.0, "SEED": 0, "ATTENTION": False,
            "CLASS_EMBEDDING_COMBINE": "concat"}
     model = build_unet(cfg, args.classes).eval()
-    sched_cfg = noise_scheduler({"NUM_TRAIN_TIMESTEPS": 1000, "BETA_SCHEDULE": "linear"}).config
+    sched_cfg = noise_scheduler({"NUM_TRAIN_TIMESTEPS": 1000, "BETA_SCHEDULE": "linear", "PREDICTION_TYPE": "epsilon",
+                                 "ZERO_TERMINAL_SNR": False}).config
+    settings = {"STEPS": args.steps, "ETA": 0.0, "GUIDANCE_SCALE": args.guidance, "GUIDANCE_INTERVAL": [0.0, 1.0],
+                "TIMESTEP_SPACING": "leading", "SAMPLE_CLIPPING": "clip"}
     labels = torch.arange(args.images) % args.classes
     seeds = list(range(args.images))
     best = {"batched": float("inf"), "two_pass": float("inf")}
     for _ in range(args.repeats):  # alternate, keep the best of each: a shared CPU slows either at random
         t0 = time.perf_counter()
-        a = ddim_sample(model, labels, scheduler_config=sched_cfg, seeds=seeds, guidance_scale=args.guidance,
-                        steps=args.steps, eta=0.0)
+        a = ddim_sample(model, labels, scheduler_config=sched_cfg, seeds=seeds, settings=settings)
         best["batched"] = min(best["batched"], time.perf_counter() - t0)
         t0 = time.perf_counter()
-        b = two_pass_sample(model, labels, sched_cfg, seeds, args.guidance, args.steps, args.resolution)
+        b = two_pass_sample(model, labels, sched_cfg, seeds, args.guidance, settings, args.resolution)
         best["two_pass"] = min(best["two_pass"], time.perf_counter() - t0)
     rates = {k: args.images / v for k, v in best.items()}
     print(json.dumps({"images": args.images, "ddim_steps": args.steps, "channels": args.channels,

@@ -29,7 +29,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from improve_lib.models import build_unet, count_flops_per_step, model_config, noise_scheduler  # noqa: E402
+from improve_lib.models import build_unet, count_flops_per_step, model_config  # noqa: E402
+from improve_lib.objective import noise_scheduler  # noqa: E402
 from improve_lib.parameters import notebook_defaults  # noqa: E402
 from improve_lib.train import train  # noqa: E402
 
