@@ -1,6 +1,10 @@
-"""Checkpoints of a training run: complete or ignored, resumed only under the same configuration.
+"""Checkpoints of a training run: complete or ignored, resumed only under the same configuration, and
+loaded without unpickling anything.
 
-``models/<arm>/checkpoint-<step>/`` holds ``accelerator.save_state`` and, written last,
+``models/<arm>/checkpoint-<step>/`` holds ``accelerator.save_state`` (model weights as safetensors; the
+optimizer and the RNG states as torch files, which accelerate loads with ``weights_only=True``), the EMA
+weights as ``ema.safetensors`` with its counters in ``ema.json`` (accelerate would pickle a registered EMA
+object and unpickle it on resume: code hidden in a checkpoint someone sent would run), and, written last,
 ``training_state.json`` (step, the configuration that must not change, the model config). A folder
 without that file was cut short by a kill and is ignored (and cleaned up once a later checkpoint is
 complete). Resuming compares the stored configuration key by key and names the first that changed.
@@ -14,9 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+
 from . import objective
 from .errors import StudyInputError
-from .io import atomic_write_json
+from .io import atomic_path, atomic_write_json
 
 STATE_FILE = "training_state.json"
 STATE_FORMAT = 1
@@ -89,3 +96,38 @@ def prune(out_dir, keep: int, current: int) -> None:
     for s, p, c in ckpts:
         if not c and s < current:
             shutil.rmtree(p, ignore_errors=True)
+
+
+EMA_WEIGHTS, EMA_STATE = "ema.safetensors", "ema.json"
+
+
+def save_ema(ema: EMAModel, folder: Path) -> None:
+    """The EMA weights as safetensors and its counters as JSON: nothing in a checkpoint is a pickle."""
+    state = ema.state_dict()
+    with atomic_path(Path(folder) / EMA_WEIGHTS) as tmp:
+        save_file({f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(state["shadow_params"])}, str(tmp))
+    atomic_write_json(Path(folder) / EMA_STATE, {k: v for k, v in state.items() if k != "shadow_params"})
+
+
+def load_ema(ema: EMAModel, folder: Path, device) -> None:
+    """Restore :func:`save_ema`'s files into ``ema`` (on ``device``); a checkpoint without them (written by
+    an older version, whose EMA was pickled) is refused rather than unpickled."""
+    weights, counters = Path(folder) / EMA_WEIGHTS, Path(folder) / EMA_STATE
+    if not weights.is_file() or not counters.is_file():
+        raise StudyInputError(f"checkpoint {folder} has no {EMA_WEIGHTS}/{EMA_STATE} (an older checkpoint keeps its EMA "
+                              f"in a pickle, which is never loaded); delete it to train this arm from the start")
+    shadow = load_file(str(weights))
+    params = [shadow[f"shadow.{i}"].to(device) for i in range(len(shadow))]
+    if len(params) != len(ema.shadow_params) or any(a.shape != b.shape for a, b in zip(params, ema.shadow_params)):
+        raise StudyInputError(f"checkpoint {folder}: {EMA_WEIGHTS} does not match the model's parameters")
+    ema.load_state_dict({**json.loads(counters.read_text()), "shadow_params": params})
+
+
+def refuse_pickled_state(folder: Path) -> None:
+    """A checkpoint holding accelerate's pickled custom state (``custom_checkpoint_*.pkl``: an older version
+    kept its EMA there, or someone planted it) is refused before anything in it is read."""
+    pickles = sorted(p.name for p in Path(folder).glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise StudyInputError(f"checkpoint {folder} holds pickled state {pickles}, which this project never "
+                              f"unpickles (it could run code): delete that folder to resume from an earlier checkpoint")
+

@@ -277,3 +277,32 @@ def describe(summary: pd.DataFrame, grid_keys: Sequence[str], metric: str = "TST
                      f"[{worst['low']:.1f}, {worst['high']:.1f}]), so the seeds do not separate them.")
         lines.append(text)
     return "\n".join(lines) or f"Only one grid point reported {metric}."
+
+
+MIN_SEEDS_FOR_A_CLAIM = 3
+
+
+def arm_verdict(long: pd.DataFrame, grid_keys: Sequence[str], level: float = 0.95) -> str:
+    """Per grid point, the prototype-minus-baseline TSTR F1 difference over training seeds: mean, Student-t
+    interval and the paired t-test's p (``scipy.stats.ttest_1samp`` of the per-seed differences against 0).
+    A winner is named only with at least :data:`MIN_SEEDS_FOR_A_CLAIM` seeds and an interval that excludes
+    0: the seeds are independent trainings of both arms, so this interval covers training variance."""
+    diffs = long[long.metric == "TSTR F1 difference (points)"]
+    if diffs.empty:
+        return "No run of this sweep compared both arms (ARMS needs baseline and prototype)."
+    lines = []
+    for key, g in diffs.groupby(list(grid_keys), sort=False, dropna=False) if grid_keys else [((), diffs)]:
+        where = point_label(grid_keys, key if isinstance(key, tuple) else (key,)) or "all runs"
+        values = g["value"].to_numpy(dtype=float)
+        mean, low, high = t_interval(values.tolist(), level)
+        if len(values) < MIN_SEEDS_FOR_A_CLAIM:
+            lines.append(f"- **{where}**: {len(values)} training seed(s), difference {mean:+.1f} points: fewer than "
+                         f"{MIN_SEEDS_FOR_A_CLAIM} seeds, so no winner is declared.")
+            continue
+        p = float(stats.ttest_1samp(values, 0.0).pvalue)
+        claim = ("the prototype arm is better" if low > 0 else "the baseline is better" if high < 0
+                 else "neither arm is better beyond the variation between training seeds")
+        lines.append(f"- **{where}**: prototype minus baseline {mean:+.1f} points, {int(level * 100)} % t-interval over "
+                     f"{len(values)} training seeds [{low:+.1f}, {high:+.1f}], paired t-test p = {p:.3f}: **{claim}**.")
+    return "\n".join(lines)
+

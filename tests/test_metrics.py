@@ -256,3 +256,19 @@ def test_tstr_rejects_empty_test_split_and_bad_images():
         tstr_scores({"real": (x * 2 - 1, y)}, x, y, CLASSES, arch="small_cnn", epochs=1, progress=False)
     with pytest.raises(StudyInputError, match=r"TSTR classifier: EVAL_LR=0\.0 \(expected > 0\)$"):
         tstr_scores({"real": (x, y)}, x, y, CLASSES, arch="small_cnn", epochs=1, lr=0.0, progress=False)
+
+
+def test_pretrained_efficientnet_lite0_classifier_offline():
+    """The offline ImageNet-pretrained TSTR classifier: packaged weights, own input scaling, upsampling,
+    a new head; it trains and the table says which classifier made it."""
+    from improve_lib.embeddings import efficientnet_lite0_imagenet
+
+    model = build_classifier("efficientnet_lite0", 3, 16)
+    ref = efficientnet_lite0_imagenet()
+    assert torch.equal(model.net.backbone._conv_stem.weight, ref._conv_stem.weight)  # ImageNet weights loaded
+    assert model.input_size == 128 and model.net.fc.out_features == 3
+    x, y = squares(2, seed=0)
+    res = tstr_scores({"real": (x, y)}, x, y, CLASSES, arch="efficientnet_lite0", epochs=1, batch_size=6)
+    assert tstr_table(res).loc["real", "classifier"].startswith("efficientnet_lite0, ImageNet-pretrained")
+    with pytest.raises(StudyInputError, match="CLASSIFIER_WEIGHTS"):
+        build_classifier("efficientnet_lite0", 3, 16, weights_path="x.pt")

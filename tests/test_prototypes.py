@@ -36,6 +36,7 @@ def cpl(x, y, names, **settings):
     nb = notebook_defaults("03")
     defaults = dict(k=nb["K"], gamma=nb["GAMMA"], lam=nb["LAMBDA"], projection=nb["PROJECTION"],
                     epochs=nb["PROTO_EPOCHS"], lr=nb["PROTO_LR"], batch_size=nb["PROTO_BATCH_SIZE"], seed=nb["SEED"],
+                    on_sphere=nb["PROTOTYPES_ON_SPHERE"] and settings.get("projection", "none") == "none",
                     progress=False)
     return train_prototypes(x, y, names, **{**defaults, **settings})
 
@@ -135,7 +136,7 @@ def test_training_is_deterministic_for_a_seed():
     assert torch.equal(runs[0].prototypes, runs[1].prototypes)
     assert runs[0].history == runs[1].history
     assert [h["epoch"] for h in runs[0].history] == [1, 2, 3, 4, 5]
-    assert set(runs[0].history[0]) == {"epoch", "loss", "dce", "pl", "train_acc"}
+    assert set(runs[0].history[0]) == {"epoch", "loss", "dce", "pl", "train_acc", "prototype_norm"}
     other = cpl(x, y, ["a", "b", "c"], k=2, epochs=5, batch_size=8, seed=4)
     assert not torch.equal(runs[0].prototypes, other.prototypes)
 
@@ -237,3 +238,30 @@ def test_class_means_as_class_embeddings(tmp_path):
     assert "mean of f(x)" in meta["class_embedding_rule"]
     with pytest.raises(StudyInputError, match="CLASS_EMBEDDING must be one of"):
         save_prototypes(tmp_path, res, names, "efficientnet-lite0", class_embedding="medoids")
+
+
+def test_prototypes_on_the_sphere_converge_when_epochs_double():
+    """The class table notebook 04 freezes must not depend on how long CPL ran: on the sphere (notebook
+    03's default) doubling PROTO_EPOCHS moves each row of the PCA-mapped table by under 5 % of its norm;
+    free prototypes with the references' gamma = 1 keep growing and move it several times more."""
+    from improve_lib.prototypes import class_table_rows
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 48))
+    x = np.concatenate([c + 0.8 * rng.normal(size=(60, 48)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(4), 60)
+    feats = torch.nn.functional.normalize(torch.as_tensor(x), dim=1).numpy()
+
+    def table(epochs, **kw):
+        res = cpl(x, y, list("abcd"), epochs=epochs, **kw)
+        return res, class_table_rows(res.prototypes[:, 0], "pca", 16, feats, seed=0)
+
+    def change(a, b):
+        return float(((a - b).norm(dim=1) / b.norm(dim=1)).max())
+
+    (_, t100), (long, t200) = table(100), table(200)
+    assert abs(long.history[-1]["prototype_norm"] - 1.0) < 1e-5
+    assert change(t100, t200) < 0.05, change(t100, t200)
+    (_, f100), (free, f200) = table(100, gamma=1.0, on_sphere=False), table(200, gamma=1.0, on_sphere=False)
+    assert free.history[-1]["prototype_norm"] > 1.5
+    assert change(f100, f200) > 2 * change(t100, t200)

@@ -254,3 +254,37 @@ def test_resume_from_a_checkpoint_older_than_a_new_model_key(tmp_path):
     assert checkpoints.check_resume(state, new)["step"] == 3
     with pytest.raises(StudyInputError, match="CLASS_EMBEDDING_COMBINE changed from 'concat' to 'add'"):
         checkpoints.check_resume(state, {**new, "CLASS_EMBEDDING_COMBINE": "add"})
+
+
+class _Planted:
+    """A pickle that, when unpickled, writes a file: what a tampered checkpoint would hide."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resuming_never_unpickles_code_planted_in_a_checkpoint(run, tmp_path):
+    import pickle
+
+    from improve_lib.train import train
+
+    cfg = tiny_config(run, "baseline", MAX_STEPS=2, CHECKPOINT_EVERY=2)
+    train(cfg)
+    ckpt = run / "models" / "baseline" / "checkpoint-2"
+    assert (ckpt / "ema.safetensors").is_file() and (ckpt / "ema.json").is_file()
+    assert not list(ckpt.glob("*.pkl")) or all(p.name.startswith("random_states") for p in ckpt.glob("*.pkl"))
+    marker = tmp_path / "executed"
+    planted = ckpt / "custom_checkpoint_0.pkl"  # where accelerate kept a registered EMA, as a pickle
+    planted.write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(StudyInputError, match="never unpickles"):
+        train({**cfg, "MAX_STEPS": 3})
+    assert not marker.exists()
+    planted.unlink()
+    rng_files = list(ckpt.glob("random_states_*.pkl"))
+    for p in rng_files:  # accelerate reads these with torch.load(weights_only=True), which refuses the object
+        p.write_bytes(pickle.dumps(_Planted(marker)))
+    summary = train({**cfg, "MAX_STEPS": 3})  # (no draw depends on the global RNG: every step seeds its own)
+    assert summary["resumed_from"].endswith("checkpoint-2") and rng_files and not marker.exists()
