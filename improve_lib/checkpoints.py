@@ -11,6 +11,8 @@ complete). Resuming compares the stored configuration key by key and names the f
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import re
 import shutil
@@ -19,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import objective
 from .errors import StudyInputError
-from .io import atomic_path, atomic_write_json
+from .io import atomic_write_json, save_safetensors
 
 STATE_FILE = "training_state.json"
 STATE_FORMAT = 1
@@ -104,8 +106,7 @@ EMA_WEIGHTS, EMA_STATE = "ema.safetensors", "ema.json"
 def save_ema(ema: EMAModel, folder: Path) -> None:
     """The EMA weights as safetensors and its counters as JSON: nothing in a checkpoint is a pickle."""
     state = ema.state_dict()
-    with atomic_path(Path(folder) / EMA_WEIGHTS) as tmp:
-        save_file({f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(state["shadow_params"])}, str(tmp))
+    save_safetensors({f"shadow.{i}": t for i, t in enumerate(state["shadow_params"])}, Path(folder) / EMA_WEIGHTS)
     atomic_write_json(Path(folder) / EMA_STATE, {k: v for k, v in state.items() if k != "shadow_params"})
 
 
@@ -131,3 +132,22 @@ def refuse_pickled_state(folder: Path) -> None:
         raise StudyInputError(f"checkpoint {folder} holds pickled state {pickles}, which this project never "
                               f"unpickles (it could run code): delete that folder to resume from an earlier checkpoint")
 
+
+@contextlib.contextmanager
+def disk_errors(path: Path, previous: Path | None):
+    """A full disk while writing checkpoint ``path`` becomes a clear error saying where training resumes
+    (``previous``, the last complete checkpoint); ``path`` stays incomplete and is ignored on resume.
+    torch reports a full disk as a RuntimeError of its zip writer, not as ENOSPC, so the free space is
+    looked at whenever writing fails."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        folder = next((p for p in Path(path).parents if p.exists()), Path("/"))
+        if not (full or shutil.disk_usage(folder).free < LOW_SPACE):
+            raise
+        raise StudyInputError(f"no space left on the disk while writing {path} ({exc}): free some space and run "
+                              f"again; training resumes from {previous or 'the first step'}") from None
+
+
+LOW_SPACE = 16 * 2 ** 20  # bytes: below this a failed write counts as a full disk

@@ -82,6 +82,20 @@ class Encoder:
         return out.float().cpu()
 
 
+def resolve_encoder_path(spec: str, base: Path | None = None) -> str:
+    """``ENCODER`` with an open_clip checkpoint path made absolute (against ``base``, default the current
+    directory: the notebooks run in notebooks/, so a relative path must be fixed before), checked to exist.
+    Other forms come back unchanged."""
+    spec = str(spec).strip()
+    parts = spec.split(":", 2)
+    if len(parts) == 3 and parts[0] == "open_clip" and Path(parts[2]).suffix.lower() in _CKPT_SUFFIXES:
+        path = (Path(base or Path.cwd()) / Path(parts[2]).expanduser()).resolve()
+        if not path.is_file():
+            raise StudyInputError(f"ENCODER={spec!r}: checkpoint file {path} not found")
+        return f"open_clip:{parts[1]}:{path}"
+    return spec
+
+
 def load_encoder(spec: str, device: str = "cpu") -> Encoder:
     """Build the encoder named by ``spec`` (see module docstring); never downloads without network."""
     spec = str(spec).strip()

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from .errors import StudyInputError
 
@@ -82,3 +83,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically and byte-reproducibly: the same tensors and metadata give the same
+    bytes (safetensors writes its header's metadata in a random order; here the header is sorted)."""
+    raw = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to 8 bytes with spaces
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n:])
+    return Path(path)

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from .errors import StudyInputError
 from .io import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
@@ -64,10 +65,31 @@ def save(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
     return atomic_write_json(Path(run_dir) / MANIFEST, manifest)
 
 
+# What marks a folder as a run folder of this project (``--force`` deletes nothing else), and the
+# folders its notebooks write into (files there are its own even if a kill kept them from the manifest).
+WRITTEN_BY = "improve-study run folder"
+RUN_FOLDERS = ("data", "embeddings", "prototypes", "models", "samples", "tables", "metrics", "fidelity", "review",
+               "figures", "notebooks")
+
+
+def foreign_files(run_dir: str | Path) -> list[str]:
+    """Files in ``run_dir`` that this project did not write: neither in the manifest's outputs nor in one of
+    :data:`RUN_FOLDERS`. Raises when ``run_dir`` is no run folder of this project (no marked manifest)."""
+    run_dir = Path(run_dir)
+    m = load(run_dir)
+    if m.get("written_by") != WRITTEN_BY:
+        raise StudyInputError(f"{run_dir} is not a run folder of this project (its {MANIFEST} does not say "
+                              f"written_by: {WRITTEN_BY!r}); --force deletes only run folders: choose another --run-dir")
+    known = set(m.get("outputs", {})) | {MANIFEST, "params.yaml"}
+    return sorted(rel for rel in (_rel(p, run_dir) for p in run_dir.rglob("*") if p.is_file())
+                  if rel not in known and rel.split("/")[0] not in RUN_FOLDERS and not rel.endswith(_SKIP_SUFFIXES))
+
+
 def start(run_dir: str | Path, run_id: str, profile: str, params: dict[str, Any]) -> dict[str, Any]:
     """Create (or refresh, on resume) the run-level part of the manifest."""
     m = load(run_dir)
     m.update({
+        "written_by": WRITTEN_BY,
         "run_id": run_id, "profile": profile, "seed": params.get("SEED"), "dataset": params.get("DATASET"),
         "params": params, "git": git_state(), "packages": package_versions(),
         "python": sys.version.split()[0], "platform": platform.platform(),

@@ -187,6 +187,31 @@ def check_type(key: str, value: Any, references: list[Any], where: str) -> Any:
     return value
 
 
+# The types of the parameters whose default is None (any other parameter takes the type of its default).
+OPTIONAL_TYPES: dict[str, Any] = {"DATA_DIR": "", "CACHE_DIR": "", "CLASSIFIER_WEIGHTS": "", "REVIEWER_DISPLAY_NAME": "",
+                                  "CLASSES": ["LYT", "MON"], "METRICS": ["TSTR macro F1 %"], "EPOCHS": 1.0,
+                                  "SNR_GAMMA": 1.0}
+
+
+def check_types(params: dict[str, Any], where: str = "parameter") -> dict[str, Any]:
+    """Every notebook parameter in ``params`` checked against the type of its notebook default (ints
+    become floats where the parameter is a float; None is always allowed: "the notebook's own rule").
+    List parameters take lists of the right items (``CLASSES=lymphocyte`` is refused, not split into
+    letters). Returns ``params`` with those coercions; raises naming the key and an example value."""
+    defaults: dict[str, Any] = {}
+    for declared in all_declared().values():
+        defaults.update(declared)
+    out = dict(params)
+    for key, value in params.items():
+        if key not in defaults:
+            continue
+        ref = defaults[key] if defaults[key] is not None else OPTIONAL_TYPES.get(key)
+        out[key] = check_type(key, value, [ref], f"{where} {key}")
+        if isinstance(ref, list) and ref and isinstance(out[key], list):  # the items too, typed as the default's
+            out[key] = [check_type(f"{key} item", v, [ref[0]], f"{where} {key}") for v in out[key]]
+    return out
+
+
 def as_int(value: Any, key: str, minimum: int | None = None) -> int:
     """``value`` as an int (``"3"`` and ``3.0`` accepted, ``3.5`` and booleans not), at least ``minimum``."""
     try:

@@ -22,7 +22,7 @@ import yaml
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from tqdm.auto import tqdm
 
-from . import data, manifest
+from . import data, embeddings, manifest, parameters, prototypes, sample, train, tstr
 from .errors import StudyInputError
 from .io import atomic_write_text
 from .parameters import NOTEBOOK_DIR, REPO, declared_parameters, list_notebooks, resolve_params
@@ -40,6 +40,25 @@ def default_run_dir(params: dict[str, Any]) -> Path:
     """``runs/<profile>-<dataset>-seed<SEED>-<timestamp>`` under the current directory."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{params['PROFILE']}-{params['DATASET']}-seed{params.get('SEED', 0)}-{stamp}"
+
+
+def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """Every value of a run checked before its folder is created, so that a typo fails in seconds and not
+    after hours of training: its type against its notebook's default (:func:`parameters.check_types`),
+    then each stage's own rules (CPL, the training config, the sampler, the TSTR budget, the arms), and an
+    open_clip checkpoint path made absolute and checked. Returns the params with those coercions."""
+    p = parameters.check_types(params)
+    if isinstance(p.get("ENCODER"), str):
+        p["ENCODER"] = embeddings.resolve_encoder_path(p["ENCODER"])
+    prototypes.check_settings(p["K"], p["GAMMA"], p["LAMBDA"], p["PROJECTION"], p["PROTO_EPOCHS"], p["PROTO_LR"],
+                              p["PROTO_BATCH_SIZE"], p["PROTOTYPES_ON_SPHERE"])
+    train.resolve_config({**p, "RUN_DIR": str(REPO), "ARM": train.ARMS[0]})
+    sample.sampler_settings(p)
+    tstr.check_budget(p["CLASSIFIER"], p["EVAL_EPOCHS"], p["EVAL_BATCH_SIZE"], p["EVAL_LR"], p["N_BOOT"], p["EVAL_SEEDS"])
+    arms = p.get("ARMS")
+    if not arms or not set(arms) <= set(train.ARMS) or len(set(arms)) != len(arms):
+        raise StudyInputError(f"ARMS={arms!r}: expected one or both of {list(train.ARMS)}, each once")
+    return p
 
 
 def preflight(params: dict[str, Any]) -> None:
@@ -166,8 +185,19 @@ def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], prog
     return out
 
 
+# The folders a notebook owns: rerun with other inputs, it starts them afresh, files the manifest never
+# recorded included (a training killed mid-way leaves checkpoints that no refresh saw). review/ is never
+# among them: it holds experts' judgments.
+OWNED_FOLDERS = {"01": ("data",), "02": ("embeddings",), "03": ("prototypes",), "04": ("models",),
+                 "05": ("samples",), "06": ("metrics", "fidelity")}
+
+
 def _discard_outputs(run_dir: Path, notebooks: list[str]) -> None:
-    """Delete the files the manifest credits to ``notebooks`` (their first writer) and forget their records."""
+    """Delete the files the manifest credits to ``notebooks`` (their first writer) and the folders they
+    own (:data:`OWNED_FOLDERS`), and forget their records."""
+    for nb in notebooks:
+        for folder in OWNED_FOLDERS.get(nb[:2], ()):
+            shutil.rmtree(run_dir / folder, ignore_errors=True)
     m = manifest.load(run_dir)
     written = m.get("output_stages", {})
     keep = {run_dir, run_dir / "notebooks", run_dir / "figures"}
@@ -201,16 +231,20 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
     params = resolve_params(profile, dataset, data_dir, sets, all_books)
     run_dir = Path(run_dir) if run_dir else default_run_dir(params)
     run_dir = run_dir.expanduser().resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StudyInputError(f"--run-dir {run_dir} is a file, not a folder: choose a folder for the run")
     params["RUN_DIR"] = str(run_dir)
+    params = check_parameters(params)
     preflight(params)
 
     existing = run_dir.exists() and any(run_dir.iterdir())
     if existing and not (resume or force):
         raise StudyInputError(f"run folder {run_dir} is not empty: pass --resume to continue it or --force to start it over")
     if existing and force and not resume:
-        if not ((run_dir / "manifest.json").is_file() or (run_dir / "params.yaml").is_file()):
-            raise StudyInputError(f"--force deletes a run folder and {run_dir} is not one (no manifest.json or "
-                                  f"params.yaml): choose another --run-dir")
+        foreign = manifest.foreign_files(run_dir)
+        if foreign:
+            raise StudyInputError(f"--force would delete {run_dir}, which holds {len(foreign)} file(s) this project did "
+                                  f"not write: {foreign[:8]}; move them out or choose another --run-dir")
         shutil.rmtree(run_dir)
     if resume and (run_dir / "params.yaml").is_file():
         old = yaml.safe_load((run_dir / "params.yaml").read_text()) or {}

@@ -45,14 +45,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from . import arrays
 from .embeddings import load_embeddings
 from .errors import StudyInputError
-from .io import atomic_path
+from .io import save_safetensors
 
 FORMAT_VERSION = "1"
 PROJECTIONS = ("none", "linear")
@@ -168,10 +168,10 @@ def train_prototypes(
     x = _as_tensor(train_vectors, "train_vectors")
     c = len(class_names)
     y = _as_labels(train_labels, x.shape[0], c, "train_labels")
-    _check_cpl_settings(y, class_names, k, gamma, lam, projection, epochs, lr, batch_size)
-    if on_sphere and (projection != "none" or not normalize):
-        raise StudyInputError("PROTOTYPES_ON_SPHERE=True needs PROJECTION='none' on L2-normalised embeddings "
-                              "(the prototypes then live where the features do, on the unit sphere)")
+    check_settings(k, gamma, lam, projection, epochs, lr, batch_size, on_sphere and normalize)
+    if on_sphere and not normalize:
+        raise StudyInputError("PROTOTYPES_ON_SPHERE=True needs L2-normalised embeddings (normalize=True)")
+    _check_class_sizes(y, class_names, k)
     gen = torch.Generator().manual_seed(seed)
     base = _features(x, None, normalize)
     weight = _initial_projection(projection, base.shape[1], projection_dim, gen)
@@ -223,22 +223,26 @@ def train_prototypes(
     return PrototypeResult(protos.detach().clone(), w, class_names, means, history, hyper)
 
 
-def _check_cpl_settings(y: torch.Tensor, class_names: list[str], k, gamma, lam, projection, epochs, lr,
-                        batch_size) -> None:
-    c = len(class_names)
+def check_settings(k, gamma, lam, projection, epochs, lr, batch_size, on_sphere) -> None:
+    """Notebook 03's CPL settings, checked without data; the error names every wrong parameter."""
     if projection not in PROJECTIONS:
         raise StudyInputError(f"PROJECTION={projection!r}: expected one of {PROJECTIONS}")
     if not (isinstance(k, int) and k >= 1):
         raise StudyInputError(f"K={k!r}: expected an integer >= 1")
-    # named as notebook 03's parameters, since that is where a user sets them
     bad = [f"{name}={value!r} (expected {rule})" for name, value, ok, rule in (
         ("GAMMA", gamma, gamma > 0, "> 0"), ("LAMBDA", lam, lam >= 0, ">= 0"), ("PROTO_LR", lr, lr > 0, "> 0"),
         ("PROTO_EPOCHS", epochs, epochs >= 1, ">= 1"), ("PROTO_BATCH_SIZE", batch_size, batch_size >= 1, ">= 1"))
         if not ok]
     if bad:
         raise StudyInputError("prototype learning: " + "; ".join(bad))
-    counts = torch.bincount(y, minlength=c)
-    short = {class_names[i]: int(counts[i]) for i in range(c) if counts[i] < k}
+    if on_sphere and projection != "none":
+        raise StudyInputError("PROTOTYPES_ON_SPHERE=True needs PROJECTION='none' on L2-normalised embeddings "
+                              "(the prototypes then live where the features do, on the unit sphere)")
+
+
+def _check_class_sizes(y: torch.Tensor, class_names: list[str], k: int) -> None:
+    counts = torch.bincount(y, minlength=len(class_names))
+    short = {class_names[i]: int(counts[i]) for i in range(len(class_names)) if counts[i] < k}
     if short:
         raise StudyInputError(
             f"K={k} prototypes per class needs at least {k} training images per class; "
@@ -400,9 +404,7 @@ def save_prototypes(run_dir, result: PrototypeResult, class_names: Sequence[str]
     if result.projection is not None:
         files["projection"] = (out_dir / PROJECTION_FILE, {"weight": result.projection})
     for name, (path, tensors) in files.items():
-        with atomic_path(path) as tmp:
-            save_file({k: v.detach().float().contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata={**meta, "kind": name})
+        save_safetensors({k: v.float() for k, v in tensors.items()}, path, metadata={**meta, "kind": name})
     return {name: path for name, (path, _) in files.items()}
 
 

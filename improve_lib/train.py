@@ -43,12 +43,11 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import gather_object
 from diffusers.training_utils import EMAModel
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import checkpoints, data, export, models, objective, plots, processes, prototypes, sample
 from .errors import StudyInputError
-from .io import atomic_path
+from .io import save_safetensors
 from .loss_log import LossLog, TrainingDivergedError
 from .parameters import as_bool, as_float, as_int, one_of, require
 
@@ -238,9 +237,8 @@ class TrainingRun:
                 print(f"resumed from {path} (step {step} of {self.total})", flush=True)
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.out_dir / "class_table.safetensors") as tmp:
-                save_file({"class_table": self.init_table.contiguous()}, str(tmp),
-                          metadata={"class_names": json.dumps(self.class_names)})
+            save_safetensors({"class_table": self.init_table}, self.out_dir / "class_table.safetensors",
+                             metadata={"class_names": json.dumps(self.class_names)})
         self.log.start(step)
         self.first_step = step
         return step
@@ -285,14 +283,15 @@ class TrainingRun:
         if self.main:
             checkpoints.mark_incomplete(path)  # a folder being overwritten is incomplete until we finish
         acc.wait_for_everyone()
-        acc.save_state(str(path))
-        acc.wait_for_everyone()
-        if self.main:
-            if self.ema is not None:
-                checkpoints.save_ema(self.ema, path)
-            self.log.flush()
-            checkpoints.mark_complete(path, at, self.resume_cfg, self.mcfg)
-            checkpoints.prune(self.out_dir, self.cfg["KEEP_CHECKPOINTS"], at)
+        with checkpoints.disk_errors(path, self.log.last_checkpoint):
+            acc.save_state(str(path))
+            acc.wait_for_everyone()
+            if self.main:
+                if self.ema is not None:
+                    checkpoints.save_ema(self.ema, path)
+                self.log.flush()
+                checkpoints.mark_complete(path, at, self.resume_cfg, self.mcfg)
+                checkpoints.prune(self.out_dir, self.cfg["KEEP_CHECKPOINTS"], at)
         acc.wait_for_everyone()
         self.io_seconds += time.time() - started
         self.log.last_checkpoint = path

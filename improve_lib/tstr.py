@@ -132,6 +132,18 @@ def _load_backbone_weights(net: nn.Module, path, arch: str) -> None:
     net.load_state_dict(state, strict=False)
 
 
+def check_budget(arch: str, epochs: int, batch_size: int, lr: float, n_boot: int = 1, seeds=(0,)) -> None:
+    """Notebook 06's classifier budget, checked without data; the error names every wrong parameter."""
+    if arch not in ARCHS:
+        raise StudyInputError(f"CLASSIFIER={arch!r}: expected one of {ARCHS}")
+    bad = [f"{name}={value!r} (expected {rule})" for name, value, ok, rule in (
+        ("EVAL_EPOCHS", epochs, epochs >= 1, ">= 1"), ("EVAL_BATCH_SIZE", batch_size, batch_size >= 1, ">= 1"),
+        ("EVAL_LR", lr, lr > 0, "> 0"), ("N_BOOT", n_boot, n_boot >= 1, ">= 1"),
+        ("EVAL_SEEDS", list(seeds), len(list(seeds)) >= 1, "at least one seed")) if not ok]
+    if bad:
+        raise StudyInputError("TSTR classifier: " + "; ".join(bad))
+
+
 def build_classifier(arch: str, num_classes: int, resolution: int, weights_path=None) -> TSTRClassifier:
     """The TSTR classifier for ``arch`` (one of ``ARCHS``) with a ``num_classes`` head, adapted to
     ``resolution`` px inputs (small stem at <= 32 px, see module docstring), optionally initialised
@@ -190,12 +202,7 @@ def train_classifier(images, labels, num_classes: int, *, arch: str, epochs: int
     seconds."""
     x = arrays.images(images, "train images")
     y = torch.as_tensor(arrays.labels(labels, x.shape[0], num_classes, "train labels"))
-    # named as notebook 06's parameters, since that is where a user sets them
-    bad = [f"{name}={value!r} (expected {rule})" for name, value, ok, rule in (
-        ("EVAL_EPOCHS", epochs, epochs >= 1, ">= 1"), ("EVAL_BATCH_SIZE", batch_size, batch_size >= 1, ">= 1"),
-        ("EVAL_LR", lr, lr > 0, "> 0")) if not ok]
-    if bad:
-        raise StudyInputError("TSTR classifier: " + "; ".join(bad))
+    check_budget(arch, epochs, batch_size, lr)
     dev = _default_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -265,3 +265,18 @@ def test_prototypes_on_the_sphere_converge_when_epochs_double():
     (_, f100), (free, f200) = table(100, gamma=1.0, on_sphere=False), table(200, gamma=1.0, on_sphere=False)
     assert free.history[-1]["prototype_norm"] > 1.5
     assert change(f100, f200) > 2 * change(t100, t200)
+
+
+def test_prototype_files_are_byte_reproducible(tmp_path):
+    """Identical runs must give identical manifest hashes: safetensors writes its metadata in a random
+    order, so the files are written with a sorted header."""
+    x, y = _gaussians(6)
+    names = ["blast", "eosinophil", "lymphocyte"]
+    res = cpl(x, y, names, k=1, epochs=2)
+    for run in ("a", "b"):
+        save_prototypes(tmp_path / run, res, names, "efficientnet-lite0")
+    for name in ("prototypes.safetensors", "class_embeddings.safetensors"):
+        a, b = ((tmp_path / r / "prototypes" / name).read_bytes() for r in ("a", "b"))
+        assert a == b, name
+    protos, got, meta = load_prototypes(tmp_path / "a" / "prototypes" / "prototypes.safetensors")
+    assert got == names and torch.equal(protos, res.prototypes) and meta["encoder_id"] == "efficientnet-lite0"

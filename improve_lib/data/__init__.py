@@ -107,6 +107,11 @@ def build_split(dataset: str, data_dir: str | Path | None, run_dir: str | Path, 
     missing = sorted(set(class_names) - set(selected["class_name"]))
     if missing:
         raise StudyInputError(f"{dataset}: no images found for class(es) {missing} in {src}")
+    no_train = summary.loc[summary["train"] < 1, ["class_name", "images", "test"]]
+    if len(no_train):
+        raise StudyInputError(f"{dataset}: class(es) {list(no_train['class_name'])} have no training image left after "
+                              f"N_TEST={n_test} test images ({no_train.to_dict('records')}); lower N_TEST or leave the "
+                              f"class out with CLASSES")
     table = finalise(selected, class_names)
     if verify:
         verify_images(table["path"])

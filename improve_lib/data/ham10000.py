@@ -56,6 +56,10 @@ def read_pool(data_dir: Path, classes: list[str] | None = None) -> tuple[pd.Data
         for p in folder.glob("*.jpg"):
             found[p.stem] = p
     meta = meta[meta["dx"].isin(class_names)]
+    blank = meta[meta["lesion_id"].isna() | (meta["lesion_id"].str.strip() == "")]
+    if len(blank):  # a lesion's images must stay on one side of the split: an unknown lesion cannot
+        raise StudyInputError(f"HAM10000: {len(blank)} row(s) of {meta_path} have no lesion_id (e.g. image_id "
+                              f"{list(blank['image_id'][:3])}); fill it in or remove those rows")
     meta = meta.assign(path=meta["image_id"].map(lambda i: str(found[i]) if i in found else None))
     missing = int(meta["path"].isna().sum())
     if missing:

@@ -5,6 +5,7 @@ middle, and padding would teach the diffusion model to draw black bars.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -54,10 +55,28 @@ def load_images(paths: Iterable[str | Path], resolution: int) -> torch.Tensor:
     return torch.stack(tensors)
 
 
+MIN_SIDE = 8  # pixels: anything smaller is no photograph of a cell or a lesion
+
+
 def verify_images(paths: Iterable[str | Path]) -> None:
-    """Open every image completely; the first unreadable one raises a StudyInputError naming it."""
+    """Open every image completely; the first unreadable or tiny one (shorter side under :data:`MIN_SIDE`)
+    raises a StudyInputError naming it. Images that are not RGB (grayscale, RGBA, palette) are converted
+    like the rest, and a warning says how many there were."""
+    converted = []
     for p in paths:
+        try:
+            with Image.open(p) as im:
+                mode, size = im.mode, im.size
+        except (OSError, SyntaxError):
+            mode, size = None, None  # open_rgb names the problem below
         open_rgb(p)
+        if min(size) < MIN_SIDE:
+            raise StudyInputError(f"image file {p} is {size[0]}x{size[1]} pixels; expected at least {MIN_SIDE} on each side")
+        if mode != "RGB":
+            converted.append((str(p), mode))
+    if converted:
+        warnings.warn(f"{len(converted)} image(s) are not RGB and were converted (e.g. {converted[:3]}); "
+                      f"grayscale images get three equal channels, transparency is dropped", stacklevel=2)
 
 
 class ImageTableDataset(torch.utils.data.Dataset):

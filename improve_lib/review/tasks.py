@@ -37,7 +37,8 @@ ARMS: tuple[str, ...] = ("baseline", "prototype")
 TASK_COLUMNS = ["task_id", "image_path", "intended_class", "arm", "position"]
 JUDGMENT_COLUMNS = ["task_id", "reviewer", "plausible", "failed_criteria", "comment", "timestamp", "criteria_version"]
 CRITERIA_DIR = Path(__file__).resolve().parents[1] / "criteria"
-_REVIEWER_RE = re.compile(r"[A-Za-z0-9_-]+")
+_REVIEWER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TASK_ID_RE = re.compile(r"[0-9a-f]{12}")
 _ID_RE = re.compile(r"[a-z][a-z0-9_]*")
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -221,6 +222,13 @@ def load_tasks(run_dir, check_images: bool = True) -> pd.DataFrame:
     if tasks["task_id"].duplicated().any():
         dup = tasks.loc[tasks["task_id"].duplicated(), "task_id"].iloc[0]
         raise StudyInputError(f"{path}: task id {dup!r} appears twice")
+    bad_ids = [t for t in tasks["task_id"] if not _TASK_ID_RE.fullmatch(t)]
+    if bad_ids:  # task ids name files (Label Studio copies): never a path
+        raise StudyInputError(f"{path}: task_id {bad_ids[0]!r} is not a task id (12 hex digits, as build_review_tasks writes)")
+    root = run_dir.resolve()
+    outside = [p for p in tasks["image_path"] if not (root / p).resolve().is_relative_to(root)]
+    if outside:
+        raise StudyInputError(f"{path}: image_path {outside[0]!r} points outside the run folder {root}")
     if check_images:
         gone = [p for p in tasks["image_path"] if not (run_dir / p).is_file()]
         if gone:
@@ -243,7 +251,7 @@ def parse_time(text: str) -> _dt.datetime:
 
 def check_reviewer(reviewer: str) -> str:
     if not isinstance(reviewer, str) or not _REVIEWER_RE.fullmatch(reviewer):
-        raise StudyInputError(f"review: reviewer name {reviewer!r} must match [A-Za-z0-9_-]+ (it names a file)")
+        raise StudyInputError(f"review: reviewer name {reviewer!r} must be 1-64 of A-Z a-z 0-9 _ - (it names a file)")
     if reviewer == "tasks":
         raise StudyInputError("review: 'tasks' cannot be a reviewer name (review/tasks.csv is the task list)")
     return reviewer
@@ -275,6 +283,13 @@ def _judgment_path(run_dir, reviewer) -> Path:
     return _review_dir(run_dir) / f"{check_reviewer(reviewer)}.csv"
 
 
+def spreadsheet_safe(text) -> str:
+    """A comment as one CSV cell that a spreadsheet shows as text: line breaks become spaces, and a leading
+    ``= + - @`` (which Excel and LibreOffice would evaluate as a formula) is escaped with an apostrophe."""
+    text = str(text or "").replace("\r", " ").replace("\n", " ")
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t") else text
+
+
 def append_judgment(run_dir, reviewer: str, task_id: str, plausible: bool, failed_criteria: Iterable[str] = (),
                     comment: str = "", criteria_version: str = "", timestamp: str | None = None) -> dict:
     """Append one judgment to ``review/<reviewer>.csv`` and fsync it; return the row written.
@@ -286,7 +301,7 @@ def append_judgment(run_dir, reviewer: str, task_id: str, plausible: bool, faile
     if plausible and failed:
         raise StudyInputError(f"review: task {task_id}: plausible, yet criteria {failed} are marked failed")
     row = {"task_id": task_id, "reviewer": reviewer, "plausible": "true" if plausible else "false",
-           "failed_criteria": ";".join(failed), "comment": str(comment or "").replace("\r", " ").replace("\n", " "),
+           "failed_criteria": ";".join(failed), "comment": spreadsheet_safe(comment),
            "timestamp": timestamp or now(), "criteria_version": str(criteria_version)}
     path = _judgment_path(run_dir, reviewer)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,108 @@
+"""Bad input fails before any work, naming the thing at fault, and leaves earlier folders as they were."""
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from improve_lib import pipeline
+from improve_lib.errors import StudyInputError
+from improve_lib.review import label_studio, tasks
+from improve_lib.data import synthetic_cells as sc
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("GUIDANCE_SCALE", [1], "GUIDANCE_SCALE.*takes a float"),
+    ("MAX_STEPS", "abc", "MAX_STEPS.*takes an int"),
+    ("CLASSES", "lymphocyte", "CLASSES.*takes a list"),
+    ("EVAL_SEEDS", ["x"], "EVAL_SEEDS item.*int"),
+    ("GAMMA", 0.0, r"GAMMA=0.0 \(expected > 0\)"),
+    ("EVAL_LR", 0.0, r"EVAL_LR=0.0 \(expected > 0\)"),
+    ("ARMS", ["proto"], "ARMS"),
+    ("GUIDANCE_INTERVAL", [0.8, 0.2], "GUIDANCE_INTERVAL"),
+    ("PREDICTION_TYPE", "noise", "PREDICTION_TYPE"),
+    ("ZERO_TERMINAL_SNR", True, "ZERO_TERMINAL_SNR.*PREDICTION_TYPE"),
+    ("ENCODER", "open_clip:ViT-B-32:missing/weights.safetensors", "ENCODER.*not found"),
+])
+def test_a_bad_value_fails_before_the_run_folder_exists(tmp_path, key, value, match):
+    with pytest.raises(StudyInputError, match=match):
+        pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", sets={key: value}, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_encoder_checkpoint_path_is_resolved_against_the_working_directory(tmp_path, monkeypatch):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    params = pipeline.check_parameters({**pipeline.resolve_params("smoke"), "ENCODER": "open_clip:ViT-B-32:w.safetensors"})
+    assert params["ENCODER"] == f"open_clip:ViT-B-32:{weights}"
+
+
+def test_force_deletes_only_this_projects_run_folders(tmp_path):
+    foreign = tmp_path / "x"
+    foreign.mkdir()
+    (foreign / "params.yaml").write_text("a: 1\n")
+    (foreign / "important.txt").write_text("b")
+    with pytest.raises(StudyInputError, match="not a run folder of this project"):
+        pipeline.run_pipeline("smoke", only=["01"], run_dir=foreign, force=True, progress=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["important.txt", "params.yaml"]
+    run = pipeline.run_pipeline("smoke", only=["01"], run_dir=tmp_path / "run", progress=False)
+    (run / "notes.txt").write_text("my notes")  # a file the project did not write
+    with pytest.raises(StudyInputError, match=r"1 file\(s\) this project did not write: \['notes.txt'\]"):
+        pipeline.run_pipeline("smoke", only=["01"], run_dir=run, force=True, progress=False)
+    assert (run / "notes.txt").read_text() == "my notes"
+    (run / "notes.txt").unlink()
+    pipeline.run_pipeline("smoke", only=["01"], run_dir=run, force=True, progress=False)  # its own files only: allowed
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StudyInputError, match="is a file, not a folder"):
+        pipeline.run_pipeline("smoke", only=["01"], run_dir=tmp_path / "file", progress=False)
+
+
+def _review_run(root):
+    for arm in ("baseline", "prototype"):
+        folder = root / "samples" / arm / "blast"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            sc.render_cell("blast", sc.image_rng(1, "blast", i), 32)[0].save(folder / f"{i}.png")
+    tasks.build_review_tasks(root, ("baseline", "prototype"), 0, None)
+    return root
+
+
+@pytest.mark.parametrize("column,value,match", [
+    ("task_id", "../../../../elsewhere/ESCAPED", "is not a task id"),
+    ("image_path", "../outside.png", "points outside the run folder"),
+])
+def test_review_paths_are_checked_where_they_are_read(tmp_path, column, value, match):
+    run = _review_run(tmp_path / "run")
+    (tmp_path / "outside.png").write_bytes((run / tasks.load_tasks(run).image_path[0]).read_bytes())
+    table = pd.read_csv(run / "review" / "tasks.csv", dtype=str)
+    table.loc[0, column] = value
+    table.to_csv(run / "review" / "tasks.csv", index=False)
+    with pytest.raises(StudyInputError, match=match):
+        label_studio.export_label_studio(run, "synthetic", tmp_path / "ls" / "tasks.json")
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "ls").exists()
+
+
+def test_comments_that_a_spreadsheet_would_evaluate_are_text(tmp_path):
+    run = _review_run(tmp_path / "run")
+    tid = tasks.load_tasks(run).task_id[0]
+    row = tasks.append_judgment(run, "alice", tid, False, ["cell_size"], comment="=HYPERLINK(\"http://x\")")
+    assert row["comment"].startswith("'=")
+    with pytest.raises(StudyInputError, match="1-64"):
+        tasks.append_judgment(run, "a" * 300, tid, True)
+
+
+def test_ham10000_gaps_are_named_before_the_run(tmp_path, ham_dir):
+    data_dir = tmp_path / "ham"
+    shutil.copytree(ham_dir, data_dir)
+    meta = pd.read_csv(data_dir / "HAM10000_metadata.csv", dtype=str)
+    meta.loc[meta.index[:2], "lesion_id"] = None
+    meta.to_csv(data_dir / "HAM10000_metadata.csv", index=False)
+    with pytest.raises(StudyInputError, match="2 row.*no lesion_id"):
+        pipeline.run_pipeline("smoke", dataset="ham10000", data_dir=data_dir, run_dir=tmp_path / "r1", progress=False)
+    shutil.copy(ham_dir / "HAM10000_metadata.csv", data_dir / "HAM10000_metadata.csv")
+    with pytest.raises(StudyInputError, match=r"no training image left after N_TEST=200"):
+        pipeline.run_pipeline("smoke", dataset="ham10000", data_dir=data_dir, run_dir=tmp_path / "r2",
+                              sets={"N_TEST": 200}, progress=False)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
