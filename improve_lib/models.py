@@ -34,9 +34,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import yaml
 from diffusers import UNet2DConditionModel
+from sklearn.decomposition import PCA
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -226,3 +228,53 @@ def load_trained(run_dir, arm: str, ema: bool = True) -> tuple[UNet2DConditionMo
     model = UNet2DConditionModel.from_pretrained(str(path), use_safetensors=True)
     freeze_class_table(model, frozen=cfg.get("ARM") == "prototype" and bool(cfg.get("FREEZE_PROTOTYPES", True)))
     return model.eval(), class_names, cfg
+
+
+# ----------------------------------------------------------------------------------- the class table
+
+CLASS_EMBEDDING_MAPS = ("none", "pca")  # how prototypes become the table's rows (class_table_rows)
+
+
+def class_table_rows(class_embeddings: torch.Tensor, mode: str, cond_dim: int | None,
+                     train_features: np.ndarray | torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """Turn per-class prototype vectors ``[C, D]`` into the UNet's table rows ``[C, COND_DIM]``.
+
+    ``mode="none"``: the prototypes themselves (``cond_dim`` must be None or D; the paper's setup).
+    ``mode="pca"``: a fixed linear map, fitted once: whitened PCA of ``train_features`` (the run's training
+    image embeddings in the prototypes' space, ``[N, D]``) to ``cond_dim`` components (``random_state=seed``
+    for sklearn's randomized solver on large inputs); the prototypes are projected through it. Being
+    fixed, the map keeps the table frozen and adds nothing the baseline lacks. Whitening gives every kept
+    direction unit variance over the training images, so no single direction dominates the table.
+
+    In both modes the result is rescaled by one scalar to RMS 1 over all entries, so it starts on the
+    same scale as the baseline's N(0, 1) init (the relative geometry of the prototypes is unchanged).
+    """
+    emb = torch.as_tensor(class_embeddings, dtype=torch.float64)
+    if emb.ndim != 2 or emb.shape[0] < 1:
+        raise StudyInputError(f"class_embeddings must be [C, D], got shape {tuple(emb.shape)}")
+    dim = emb.shape[1]
+    if mode == "none":
+        if cond_dim is not None and int(cond_dim) != dim:
+            raise StudyInputError(f"CLASS_EMBEDDING_MAP='none' uses the prototypes as they are, so COND_DIM "
+                                  f"must equal their dimension D={dim} (got COND_DIM={cond_dim}); "
+                                  f"use CLASS_EMBEDDING_MAP='pca' for a narrower table")
+        table = emb
+    elif mode == "pca":
+        if train_features is None:
+            raise StudyInputError("CLASS_EMBEDDING_MAP='pca' needs the training embeddings "
+                                  "(embeddings/train.npz 'vectors'); run notebook 02 first")
+        vec = np.asarray(train_features, dtype=np.float64)
+        if vec.ndim != 2 or vec.shape[1] != dim:
+            raise StudyInputError(f"training embeddings have shape {vec.shape}; expected [N, D={dim}] "
+                                  f"like the prototypes")
+        if cond_dim is None or not 1 <= int(cond_dim) <= min(vec.shape):
+            raise StudyInputError(f"COND_DIM={cond_dim} must be between 1 and min(N, D)={min(vec.shape)} "
+                                  f"for CLASS_EMBEDDING_MAP='pca' (N training embeddings, D={dim})")
+        pca = PCA(n_components=int(cond_dim), whiten=True, random_state=int(seed)).fit(vec)
+        table = torch.from_numpy(pca.transform(emb.numpy()))
+    else:
+        raise StudyInputError(f"CLASS_EMBEDDING_MAP must be one of {list(CLASS_EMBEDDING_MAPS)}, got {mode!r}")
+    rms = table.pow(2).mean().sqrt()
+    if not torch.isfinite(rms) or rms == 0:
+        raise StudyInputError("the class table is all zero or not finite; check the prototypes file")
+    return (table / rms).float()

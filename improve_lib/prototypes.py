@@ -46,10 +46,9 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
-from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
-from . import arrays
+from . import arrays, models
 from .embeddings import load_embeddings
 from .errors import StudyInputError
 from .io import save_safetensors
@@ -60,7 +59,6 @@ PROJECTIONS = ("none", "linear")
 PROTOTYPES_FILE = "prototypes.safetensors"
 CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
 PROJECTION_FILE = "projection.safetensors"
-CLASS_EMBEDDING_MAPS = ("none", "pca")  # how prototypes become the UNet's table rows (class_table_rows)
 CLASS_EMBEDDING_RULE = "per class, the prototype nearest the class mean of f(x) over training images"
 
 
@@ -193,19 +191,7 @@ def train_prototypes(
     if progress:
         epoch_iter = tqdm(epoch_iter, desc="CPL", unit="epoch")
     for epoch in epoch_iter:
-        sums = {"loss": 0.0, "dce": 0.0, "pl": 0.0}
-        for idx in torch.randperm(n, generator=gen).split(batch_size):
-            feats = base[idx] if weight is None else base[idx] @ weight.T
-            dce = dce_loss(feats, y[idx], protos, gamma)
-            pl = prototype_loss(feats, y[idx], protos)
-            loss = dce + lam * pl
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            decay.step()
-            keep_on_sphere()
-            for key, val in (("loss", loss), ("dce", dce), ("pl", pl)):
-                sums[key] += val.item() * len(idx)
+        sums = _epoch(base, y, weight, protos, opt, decay, keep_on_sphere, gen, gamma, lam, batch_size)
         with torch.no_grad():
             feats = base if weight is None else base @ weight.T
             acc = float((_predict(feats, protos) == y).float().mean())
@@ -221,6 +207,24 @@ def train_prototypes(
     hyper = dict(k=k, gamma=gamma, lam=lam, projection=projection, epochs=epochs, lr=lr,
                  batch_size=batch_size, seed=seed, normalize=normalize, on_sphere=on_sphere)
     return PrototypeResult(protos.detach().clone(), w, class_names, means, history, hyper)
+
+
+def _epoch(base, y, weight, protos, opt, decay, keep_on_sphere, gen, gamma, lam, batch_size) -> dict[str, float]:
+    """One pass of Adam over the shuffled training features; returns the summed losses."""
+    sums = {"loss": 0.0, "dce": 0.0, "pl": 0.0}
+    for idx in torch.randperm(base.shape[0], generator=gen).split(batch_size):
+        feats = base[idx] if weight is None else base[idx] @ weight.T
+        dce = dce_loss(feats, y[idx], protos, gamma)
+        pl = prototype_loss(feats, y[idx], protos)
+        loss = dce + lam * pl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        decay.step()
+        keep_on_sphere()
+        for key, val in (("loss", loss), ("dce", dce), ("pl", pl)):
+            sums[key] += val.item() * len(idx)
+    return sums
 
 
 def check_settings(k, gamma, lam, projection, epochs, lr, batch_size, on_sphere) -> None:
@@ -469,57 +473,12 @@ def load_space(run_dir) -> dict:
 
 # ----------------------------------------------------------------------------- the class table of an arm
 
-def class_table_rows(class_embeddings: torch.Tensor, mode: str, cond_dim: int | None,
-                     train_features: np.ndarray | torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
-    """Turn per-class prototype vectors ``[C, D]`` into the UNet's table rows ``[C, COND_DIM]``.
-
-    ``mode="none"``: the prototypes themselves (``cond_dim`` must be None or D; the paper's setup).
-    ``mode="pca"``: a fixed linear map, fitted once: whitened PCA of ``train_features`` (the run's training
-    image embeddings in the prototypes' space, ``[N, D]``) to ``cond_dim`` components (``random_state=seed``
-    for sklearn's randomized solver on large inputs); the prototypes are projected through it. Being
-    fixed, the map keeps the table frozen and adds nothing the baseline lacks. Whitening gives every kept
-    direction unit variance over the training images, so no single direction dominates the table.
-
-    In both modes the result is rescaled by one scalar to RMS 1 over all entries, so it starts on the
-    same scale as the baseline's N(0, 1) init (the relative geometry of the prototypes is unchanged).
-    """
-    emb = torch.as_tensor(class_embeddings, dtype=torch.float64)
-    if emb.ndim != 2 or emb.shape[0] < 1:
-        raise StudyInputError(f"class_embeddings must be [C, D], got shape {tuple(emb.shape)}")
-    dim = emb.shape[1]
-    if mode == "none":
-        if cond_dim is not None and int(cond_dim) != dim:
-            raise StudyInputError(f"CLASS_EMBEDDING_MAP='none' uses the prototypes as they are, so COND_DIM "
-                                  f"must equal their dimension D={dim} (got COND_DIM={cond_dim}); "
-                                  f"use CLASS_EMBEDDING_MAP='pca' for a narrower table")
-        table = emb
-    elif mode == "pca":
-        if train_features is None:
-            raise StudyInputError("CLASS_EMBEDDING_MAP='pca' needs the training embeddings "
-                                  "(embeddings/train.npz 'vectors'); run notebook 02 first")
-        vec = np.asarray(train_features, dtype=np.float64)
-        if vec.ndim != 2 or vec.shape[1] != dim:
-            raise StudyInputError(f"training embeddings have shape {vec.shape}; expected [N, D={dim}] "
-                                  f"like the prototypes")
-        if cond_dim is None or not 1 <= int(cond_dim) <= min(vec.shape):
-            raise StudyInputError(f"COND_DIM={cond_dim} must be between 1 and min(N, D)={min(vec.shape)} "
-                                  f"for CLASS_EMBEDDING_MAP='pca' (N training embeddings, D={dim})")
-        pca = PCA(n_components=int(cond_dim), whiten=True, random_state=int(seed)).fit(vec)
-        table = torch.from_numpy(pca.transform(emb.numpy()))
-    else:
-        raise StudyInputError(f"CLASS_EMBEDDING_MAP must be one of {list(CLASS_EMBEDDING_MAPS)}, got {mode!r}")
-    rms = table.pow(2).mean().sqrt()
-    if not torch.isfinite(rms) or rms == 0:
-        raise StudyInputError("the class table is all zero or not finite; check the prototypes file")
-    return (table / rms).float()
-
-
 def arm_class_table(run_dir, arm: str, class_names: Sequence[str], mode: str, cond_dim: int | None,
                     seed: int) -> tuple[torch.Tensor | None, int]:
     """The class table an arm starts from, ``[C, COND_DIM]`` (None for the baseline), and its width.
 
     Prototype arm: the run's ``prototypes/class_embeddings.safetensors`` (class names must match the
-    split's, in order) through :func:`class_table_rows`; with ``mode="pca"`` the map is fitted on the
+    split's, in order) through :func:`improve_lib.models.class_table_rows`; with ``mode="pca"`` the map is fitted on the
     run's training embeddings (``embeddings/train.npz``) mapped into the prototypes' space. Baseline arm:
     None, with ``cond_dim``, or (``mode="none"``, ``cond_dim`` None) the prototypes' width, so that both
     arms build the same UNet.
@@ -550,5 +509,5 @@ def arm_class_table(run_dir, arm: str, class_names: Sequence[str], mode: str, co
         # The prototypes live in CPL's feature space (L2-normalised, maybe projected): fit the map there.
         projection, normalize = _space_of(meta, path.parent)
         features = _features(_as_tensor(load_embeddings(npz)["vectors"], str(npz)), projection, normalize).numpy()
-    table = class_table_rows(emb, mode, cond_dim, features, seed=seed)
+    table = models.class_table_rows(emb, mode, cond_dim, features, seed=seed)
     return table, int(table.shape[1])

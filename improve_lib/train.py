@@ -74,7 +74,7 @@ _FLOATS = {"P_UNCOND": (0.0, 1.0, False, True), "LR": (0.0, None, True, False), 
            "PREVIEW_GUIDANCE_SCALE": (None, None, False, False)}
 _INTS = {"WARMUP_STEPS": 0, "BATCH_SIZE": 1, "NUM_TRAIN_TIMESTEPS": 2, "CHECKPOINT_EVERY": 1, "SAMPLE_EVERY": 0,
          "SAMPLE_STEPS": 1, "SAMPLE_PER_CLASS": 1, "KEEP_CHECKPOINTS": 1}
-_CHOICES = {"ARM": ARMS, "CLASS_EMBEDDING_MAP": prototypes.CLASS_EMBEDDING_MAPS,
+_CHOICES = {"ARM": ARMS, "CLASS_EMBEDDING_MAP": models.CLASS_EMBEDDING_MAPS,
             "LR_SCHEDULE": ("constant", "cosine"), "MIXED_PRECISION": ("auto", "no", "bf16", "fp16"),
             "BETA_SCHEDULE": objective.BETA_SCHEDULES}
 

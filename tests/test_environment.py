@@ -101,7 +101,7 @@ def test_paper_profile_is_table_2():
         assert (p["LR"], p["BATCH_SIZE"], p["EPOCHS"], p["MAX_STEPS"], p["NUM_TRAIN_TIMESTEPS"]) == \
             (1e-4, 16, 1500, None, 1000)
         assert (p["N_TRAIN"], p["N_TEST"], p["STEPS"], p["N_PER_CLASS"], p["GUIDANCE_SCALE"]) == (100, 50, 50, 100, 1.8)
-        assert (p["K"], p["GAMMA"], p["LAMBDA"], p["P_UNCOND"], p["BETA_SCHEDULE"]) == (1, 1.0, 0.001, 0.1, "linear")
+        assert (p["K"], p["LAMBDA"], p["P_UNCOND"], p["BETA_SCHEDULE"]) == (1, 0.001, 0.1, "linear")  # the paper gives no gamma
         assert p["CLASSIFIER"] == "resnext50_32x4d" and p["CLASS_EMBEDDING_MAP"] == "none"
         assert p["ENCODER"] == "open_clip:ViT-L-14:openai" and p["DATASET"] == dataset
 

@@ -12,7 +12,7 @@ from improve_lib.errors import StudyInputError
 from improve_lib.models import build_unet, count_flops_per_step, freeze_class_table, model_config, null_label, \
     state_dict_sha256
 from improve_lib.objective import noise_scheduler
-from improve_lib.prototypes import class_table_rows
+from improve_lib.models import class_table_rows
 from improve_lib.sample import ddim_sample, guided_epsilon, sample_grid
 
 C, D, COND = 3, 24, 8

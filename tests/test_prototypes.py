@@ -244,7 +244,7 @@ def test_prototypes_on_the_sphere_converge_when_epochs_double():
     """The class table notebook 04 freezes must not depend on how long CPL ran: on the sphere (notebook
     03's default) doubling PROTO_EPOCHS moves each row of the PCA-mapped table by under 5 % of its norm;
     free prototypes with the references' gamma = 1 keep growing and move it several times more."""
-    from improve_lib.prototypes import class_table_rows
+    from improve_lib.models import class_table_rows
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(4, 48))
