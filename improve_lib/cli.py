@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import sweep
+from . import results, sweep
 from .errors import StudyInputError
 from .parameters import parse_sets
 from .pipeline import StudyRunError, run_pipeline
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", action="append", default=[], metavar="KEY=v1,v2",
                    help="a parameter and its values (repeatable; the grid is every combination)")
     s.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the preset's, else 0)")
+    s.add_argument("--variants", help="comma-separated names: only these of the preset's variants")
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a fixed override for every run (repeatable)")
     s.add_argument("--from", dest="from_nb", metavar="NN",
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="render 08_compare_runs.ipynb for a sweep folder")
     c.add_argument("sweep_dir", help="a folder written by `sweep`")
+
+    e = sub.add_parser("results", help="condense a sweep folder into results/<name>/ for the repository")
+    e.add_argument("sweep_dir", help="a folder written by `sweep`, compared (notebook 08)")
+    e.add_argument("out_dir", help="e.g. results/recipe_ablation")
+    e.add_argument("--command", required=True, help="the command that made the sweep, written to COMMAND.md")
     return p
 
 
@@ -55,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "results":
+        try:
+            print(f"results: {results.export(args.sweep_dir, args.out_dir, args.command)}")
+        except StudyInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "compare":
         try:
             print(f"comparison: {sweep.render_comparison(args.sweep_dir)}")
@@ -80,7 +93,7 @@ def _sweep(args) -> int:
         preset = sweep.load_preset(args.preset) if args.preset else None
         spec = sweep.spec_from(preset, profile=args.profile, dataset=args.dataset, data_dir=args.data_dir,
                                grid=sweep.parse_grid(args.grid), seeds=args.seeds, sets=parse_sets(args.sets),
-                               from_nb=args.from_nb, to_nb=args.to_nb)
+                               from_nb=args.from_nb, to_nb=args.to_nb, variants=args.variants)
         sweep_dir, outcomes = sweep.run_sweep(spec, args.sweep_dir, dry_run=args.dry_run,
                                               compare=not args.no_compare, progress=not args.no_progress,
                                               estimate_from=args.estimate_from)

@@ -161,6 +161,12 @@ def spec_from(preset: dict[str, Any] | None = None, **flags: Any) -> SweepSpec:
     if not profile:
         raise StudyInputError("sweep: give --profile (or a --preset that names one)")
     variants = dict(preset.get("variants") or {})
+    if flags.get("variants"):  # --variants a,b: only these of the preset's variants, in the preset's order
+        wanted = [v.strip() for v in str(flags["variants"]).split(",") if v.strip()]
+        unknown = [v for v in wanted if v not in variants]
+        if unknown:
+            raise StudyInputError(f"--variants {unknown} are not variants of the preset; it has {list(variants)}")
+        variants = {k: v for k, v in variants.items() if k in wanted}
     if not grid and not variants:
         raise StudyInputError("sweep: give at least one --grid KEY=v1,v2 (or a --preset with a grid or variants)")
     pick = lambda k, pk: flags.get(k) if flags.get(k) is not None else preset.get(pk)  # noqa: E731

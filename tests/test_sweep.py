@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from improve_lib import manifest, parameters, pipeline, sharing, sweep
+from improve_lib import manifest, parameters, pipeline, results, sharing, sweep
 from improve_lib.cli import main
 from improve_lib.errors import StudyInputError
 
@@ -275,7 +275,7 @@ def test_smoke_sweep_2x2_and_comparison_notebook(smoke_synthetic_run, tmp_path):
         ran_from[o.run.name] = next(nb[:2] for nb, st in stages.items() if not st.get("reused_from"))
         assert all(st["status"] == "done" for st in stages.values())
         info = json.loads((sw / o.run.name / "samples" / "prototype" / "sampling.json").read_text())
-        assert info["guidance_scale"] == o.run.point["GUIDANCE_SCALE"]
+        assert info["GUIDANCE_SCALE"] == o.run.point["GUIDANCE_SCALE"]
         assert yaml.safe_load((sw / o.run.name / "params.yaml").read_text())["EVAL_EPOCHS"] == o.run.point["EVAL_EPOCHS"]
     # a new evaluation setting reuses the samples of its guidance scale; a new guidance scale reuses 01-04
     assert [ran_from[n] for n in names] == ["05", "06", "05", "06"]
@@ -285,6 +285,12 @@ def test_smoke_sweep_2x2_and_comparison_notebook(smoke_synthetic_run, tmp_path):
     assert "TSTR macro F1 % (prototype)" in text and "GUIDANCE_SCALE=2, EVAL_EPOCHS=2" in text
     summary = (sw / "comparison" / "summary.csv").read_text()
     assert "nearest-prototype test accuracy %" in summary and (sw / "comparison" / "comparison.png").is_file()
+    out = results.export(sw, tmp_path / "results" / "sweep", "python -m improve_lib sweep ...")
+    assert results.verify(out) == sorted(names) and not list(out.rglob("*.safetensors"))
+    metrics = out / "runs" / names[0] / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"f1"', '"f1" ', 1))  # a hand edit
+    with pytest.raises(StudyInputError, match="sha256 differs"):
+        results.verify(out)
     shutil.rmtree(sw / "guidance_scale_2-eval_epochs_2-seed0")  # a comparison of what is left still renders
     sweep.render_comparison(sw, progress=False)
 
@@ -305,3 +311,24 @@ def test_t_interval_matches_the_formula():
     mean, low, high = t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and high - mean == pytest.approx(4.302653 * 1.0 / 3 ** 0.5, rel=1e-5)
     assert t_interval([5.0])[0] == 5.0 and all(map(lambda v: v != v, t_interval([5.0])[1:]))
+
+
+def test_named_variants_set_several_keys_per_grid_point():
+    preset = {"profile": "smoke", "variants": {"plain": {"DROPOUT": 0.1, "INPUT_NORMALIZATION": "none"},
+                                               "standardized": {"DROPOUT": 0.0, "INPUT_NORMALIZATION": "standardize"}},
+              "seeds": [0, 1], "from": "04"}
+    runs = sweep.expand(sweep.spec_from(preset))
+    assert [r.name for r in runs] == ["recipe_plain-seed0", "recipe_standardized-seed0", "recipe_plain-seed1",
+                                      "recipe_standardized-seed1"]
+    assert runs[1].point == {"RECIPE": "standardized"} and runs[1].params["INPUT_NORMALIZATION"] == "standardize"
+    assert runs[1].params["DROPOUT"] == 0.0 and runs[0].keys["03_prototypes.ipynb"] == runs[1].keys["03_prototypes.ipynb"]
+    only = sweep.expand(sweep.spec_from(preset, variants="standardized"))
+    assert [r.name for r in only] == ["recipe_standardized-seed0", "recipe_standardized-seed1"]
+    with pytest.raises(StudyInputError, match="not variants of the preset"):
+        sweep.spec_from(preset, variants="nope")
+    bad = {**preset, "variants": {"x": {"GUIDANCE_SCALE": "high"}}}
+    with pytest.raises(StudyInputError, match="variant 'x': GUIDANCE_SCALE"):
+        sweep.expand(sweep.spec_from(bad))
+    early = {**preset, "variants": {"x": {"GAMMA": 2.0}}}
+    with pytest.raises(StudyInputError, match="before --from 04"):
+        sweep.expand(sweep.spec_from(early))
