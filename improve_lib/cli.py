@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("results", help="condense a sweep folder into results/<name>/ for the repository")
     e.add_argument("sweep_dir", help="a folder written by `sweep`, compared (notebook 08)")
     e.add_argument("out_dir", help="e.g. results/recipe_ablation")
-    e.add_argument("--command", required=True, help="the command that made the sweep, written to COMMAND.md")
+    e.add_argument("--command", dest="made_by", required=True, help="the command that made the sweep, written to COMMAND.md")
     return p
 
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(args)
     if args.command == "results":
         try:
-            print(f"results: {results.export(args.sweep_dir, args.out_dir, args.command)}")
+            print(f"results: {results.export(args.sweep_dir, args.out_dir, args.made_by)}")
         except StudyInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -105,7 +105,13 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
             rows.append({**base, "metric": None, "arm": None, "value": math.nan})
     if not rows:
         raise StudyInputError(f"{sweep_dir} holds no run folders written by a sweep (no manifest with a 'sweep' entry)")
-    return pd.DataFrame(rows), grid_keys
+    long = pd.DataFrame(rows)
+    grid = (yaml.safe_load(spec_path.read_text()) or {}).get("grid") or {} if spec_path.is_file() else {}
+    for key in reversed([k for k in grid_keys if k in grid]):  # the grid's own order of values, not alphabetical
+        rank = {yaml.safe_dump(_hashable(v)): i for i, v in enumerate(grid[key])}
+        long = long.sort_values(key, key=lambda col: col.map(lambda v: rank.get(yaml.safe_dump(v), len(rank))),
+                                kind="stable")
+    return long.reset_index(drop=True), grid_keys
 
 
 def _hashable(value):
@@ -155,12 +161,13 @@ def wide_table(summary: pd.DataFrame, grid_keys: Sequence[str],
         return pd.DataFrame()
 
     def fmt(r):
+        num = (lambda x: f"{x:.1f}") if r["metric"].endswith("%") or "points" in r["metric"] else (lambda x: f"{x:.3g}")
         if math.isnan(r["low"]):
-            return f"{r['mean']:.1f} (n={r['n']})"
+            return f"{num(r['mean'])} (n={r['n']})"
         low, high = r["low"], r["high"]
         if r["metric"].endswith("%"):  # a t-interval can leave [0, 100]; shown clipped (summary.csv is not)
             low, high = max(low, 0.0), min(high, 100.0)
-        return f"{r['mean']:.1f} [{low:.1f}, {high:.1f}]"
+        return f"{num(r['mean'])} [{num(low)}, {num(high)}]"
 
     order = {m: i for i, m in enumerate(metrics or dict.fromkeys(s.metric))}
     s = s.assign(cell=s.apply(fmt, axis=1), row=s.metric + " (" + s.arm.astype(str) + ")",
