@@ -206,6 +206,8 @@ def _discard_outputs(run_dir: Path, notebooks: list[str]) -> None:
             path = run_dir / rel
             path.unlink(missing_ok=True)
             for parent in path.parents:  # folders left empty (an old checkpoint-N/) go too
+                if not parent.exists():
+                    continue
                 if parent in keep or not parent.is_relative_to(run_dir) or any(parent.iterdir()):
                     break
                 parent.rmdir()

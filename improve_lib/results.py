@@ -14,6 +14,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from . import manifest
 from .errors import StudyInputError
 from .io import atomic_write_text, sha256_file
@@ -29,15 +31,17 @@ SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summ
 
 def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
     """Copy a finished sweep's evidence into ``out_dir`` (created; refused when it holds other files).
-    Only runs that reached notebook 06 are taken; ``command`` is written to ``COMMAND.md``. Returns ``out_dir``."""
+    Only the sweep's runs (``runs.csv``) that reached notebook 06 are taken; ``command`` is written to ``COMMAND.md``. Returns ``out_dir``."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
-    runs = sorted(p for p in sweep_dir.iterdir() if (p / manifest.MANIFEST).is_file()
-                  and all(src in manifest.load(p).get("outputs", {}) for src, _ in RUN_FILES))
-    if not runs:
-        raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
     missing = [f for f in SWEEP_FILES if not (sweep_dir / f).is_file()]
     if missing:
         raise StudyInputError(f"{sweep_dir}: {missing} missing; render notebook 08 (python -m improve_lib compare DIR)")
+    # the sweep's own runs (runs.csv), not a run folder that only lent its upstream notebooks to them
+    names = pd.read_csv(sweep_dir / "runs.csv", dtype=str)["run"].tolist()
+    runs = [sweep_dir / n for n in sorted(names) if (sweep_dir / n / manifest.MANIFEST).is_file()
+            and all(src in manifest.load(sweep_dir / n).get("outputs", {}) for src, _ in RUN_FILES)]
+    if not runs:
+        raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     for rel in SWEEP_FILES:

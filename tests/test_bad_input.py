@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 
 import pandas as pd
+import yaml
 import pytest
 
 from improve_lib import pipeline
@@ -12,22 +13,22 @@ from improve_lib.review import label_studio, tasks
 from improve_lib.data import synthetic_cells as sc
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("GUIDANCE_SCALE", [1], "GUIDANCE_SCALE.*takes a float"),
-    ("MAX_STEPS", "abc", "MAX_STEPS.*takes an int"),
-    ("CLASSES", "lymphocyte", "CLASSES.*takes a list"),
-    ("EVAL_SEEDS", ["x"], "EVAL_SEEDS item.*int"),
-    ("GAMMA", 0.0, r"GAMMA=0.0 \(expected > 0\)"),
-    ("EVAL_LR", 0.0, r"EVAL_LR=0.0 \(expected > 0\)"),
-    ("ARMS", ["proto"], "ARMS"),
-    ("GUIDANCE_INTERVAL", [0.8, 0.2], "GUIDANCE_INTERVAL"),
-    ("PREDICTION_TYPE", "noise", "PREDICTION_TYPE"),
-    ("ZERO_TERMINAL_SNR", True, "ZERO_TERMINAL_SNR.*PREDICTION_TYPE"),
-    ("ENCODER", "open_clip:ViT-B-32:missing/weights.safetensors", "ENCODER.*not found"),
+@pytest.mark.parametrize("sets,match", [
+    ({"GUIDANCE_SCALE": [1]}, "GUIDANCE_SCALE.*takes a float"),
+    ({"MAX_STEPS": "abc"}, "MAX_STEPS.*takes an int"),
+    ({"CLASSES": "lymphocyte"}, "CLASSES.*takes a list"),
+    ({"EVAL_SEEDS": ["x"]}, "EVAL_SEEDS item.*int"),
+    ({"GAMMA": 0.0}, r"GAMMA=0.0 \(expected > 0\)"),
+    ({"EVAL_LR": 0.0}, r"EVAL_LR=0.0 \(expected > 0\)"),
+    ({"ARMS": ["proto"]}, "ARMS"),
+    ({"GUIDANCE_INTERVAL": [0.8, 0.2]}, "GUIDANCE_INTERVAL"),
+    ({"PREDICTION_TYPE": "noise"}, "PREDICTION_TYPE"),
+    ({"ZERO_TERMINAL_SNR": True, "PREDICTION_TYPE": "epsilon"}, "ZERO_TERMINAL_SNR.*PREDICTION_TYPE"),
+    ({"ENCODER": "open_clip:ViT-B-32:missing/weights.safetensors"}, "ENCODER.*not found"),
 ])
-def test_a_bad_value_fails_before_the_run_folder_exists(tmp_path, key, value, match):
+def test_a_bad_value_fails_before_the_run_folder_exists(tmp_path, sets, match):
     with pytest.raises(StudyInputError, match=match):
-        pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", sets={key: value}, progress=False)
+        pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", sets=sets, progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -106,3 +107,19 @@ def test_ham10000_gaps_are_named_before_the_run(tmp_path, ham_dir):
         pipeline.run_pipeline("smoke", dataset="ham10000", data_dir=data_dir, run_dir=tmp_path / "r2",
                               sets={"N_TEST": 200}, progress=False)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_a_killed_training_does_not_block_a_rerun_with_other_upstream_parameters(smoke_synthetic_run, tmp_path):
+    """A SIGKILL in notebook 04 leaves checkpoints the manifest never recorded; rerun with a changed upstream
+    parameter (--resume --force), notebook 04 starts its models/ afresh instead of refusing to resume a
+    checkpoint of other training data."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke_synthetic_run, run)
+    stale = run / "models" / "prototype" / "checkpoint-999"
+    shutil.copytree(run / "models" / "prototype" / "checkpoint-4", stale)  # what a kill leaves: not in the manifest
+    state = stale / "training_state.json"
+    state.write_text(state.read_text().replace('"step": 4', '"step": 999'))
+    pipeline.run_pipeline("smoke", run_dir=run, only=["01", "02", "03", "04"], sets={"N_TRAIN": 5}, resume=True,
+                          force=True, progress=False)
+    assert not stale.exists()
+    assert yaml.safe_load((run / "params.yaml").read_text())["N_TRAIN"] == 5
