@@ -10,12 +10,13 @@ LAB_PORT ?= 8888
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED = 1
 
-.PHONY: study test smoke venv lab sweep workshop wheelhouse strip clean-runs
+.PHONY: study test smoke venv lab sweep workshop wheelhouse lock strip clean-runs
 
 # PIP_ARGS: e.g. "--no-index --find-links wheelhouse" on a classroom machine without network.
-$(STAMP): pyproject.toml Makefile
+# requirements.lock pins every package to the versions the tests last passed with (pip constraints).
+$(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -c requirements.lock -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python 3 ($(KERNEL_NAME))" >/dev/null
 	touch $(STAMP)
 
@@ -52,7 +53,16 @@ workshop: $(STAMP)
 
 # Wheels of every dependency, for `make venv PIP_ARGS="--no-index --find-links wheelhouse"` offline.
 wheelhouse: $(STAMP)
-	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse . "setuptools>=68"
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse -c requirements.lock . "setuptools>=68"
+
+# Refresh requirements.lock: a fresh venv resolves pyproject.toml's ranges (network needed), then pip freeze.
+# Run make test afterwards: the lock records what the tests passed with.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_ARGS) -e .
+	{ sed -n '/^#/p' requirements.lock; $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | grep -v "^pip=="; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm -rf $(LOCK_VENV)
 
 # Strip outputs from the committed notebooks (executed copies live in run folders).
 strip: $(STAMP)

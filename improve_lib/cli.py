@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import results, sweep
+from .review import label_studio_server
 from .errors import StudyInputError
 from .parameters import parse_sets
 from .pipeline import StudyRunError, run_pipeline
@@ -53,12 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("sweep_dir", help="a folder written by `sweep`, compared (notebook 08)")
     e.add_argument("out_dir", help="e.g. results/recipe_ablation")
     e.add_argument("--command", dest="made_by", required=True, help="the command that made the sweep, written to COMMAND.md")
+
+    v = sub.add_parser("review", help="expert review outside the notebook")
+    vs = v.add_subparsers(dest="tool", required=True)
+    ls = vs.add_parser("label-studio", help="create the blinded review on a Label Studio server, or pull its annotations")
+    ls.add_argument("action", choices=["push", "pull"], help="push: project, image storage, tasks; pull: annotations back")
+    ls.add_argument("run_dir", help="a run folder with review tasks (notebook 07)")
+    ls.add_argument("--url", help="the server (default: push $LABEL_STUDIO_URL or http://localhost:8080; pull the pushed one)")
+    ls.add_argument("--token", default=os.environ.get("LABEL_STUDIO_API_KEY", ""),
+                    help="your access token (default $LABEL_STUDIO_API_KEY, which keeps it out of the shell history)")
+    ls.add_argument("--dataset", default="synthetic", help="push: whose criteria (synthetic | ham10000 | bone_marrow)")
+    ls.add_argument("--document-root", help="push: the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (holds the run folder)")
+    ls.add_argument("--reviewer", help="pull: the reviewer name the judgments are filed under")
+    ls.add_argument("--completed-by", help="pull: the annotator's Label Studio user id or e-mail")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if args.command == "review":
+        return _label_studio(args)
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "results":
@@ -85,6 +102,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, StudyInputError) else 1
     print(f"run folder: {run_dir}")
+    return 0
+
+
+def _label_studio(args) -> int:
+    try:
+        if args.action == "push":
+            if not args.document_root:
+                raise StudyInputError("push needs --document-root (the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+            url = args.url or os.environ.get("LABEL_STUDIO_URL") or "http://localhost:8080"
+            record = label_studio_server.push(args.run_dir, args.dataset, url, args.token, args.document_root)
+            print(f"Label Studio project {record['project']} with {record['tasks']} tasks: {record['project_url']}")
+        else:
+            if not args.reviewer:
+                raise StudyInputError("pull needs --reviewer (the name the judgments are filed under)")
+            rows = label_studio_server.pull(args.run_dir, args.reviewer, args.url, args.token,
+                                            completed_by=args.completed_by)
+            print(f"{len(rows)} judgment(s) appended to review/{args.reviewer}.csv")
+    except StudyInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -205,7 +205,8 @@ def trained_config(run_dir, arm: str) -> dict[str, Any]:
     """The resolved training config of a trained arm (``final/train_config.yaml``): every key of
     notebook 04 plus what training derived (resolved precision, CPU capability, input statistics, ...)."""
     final = arm_dir(run_dir, arm) / "final"
-    if not (final / "config.json").is_file() or not (final / "train_config.yaml").is_file():
+    has_unet = (final / "unet" / "config.json").is_file() or (final / "config.json").is_file()
+    if not has_unet or not (final / "train_config.yaml").is_file():
         raise StudyInputError(f"no trained model for arm {arm!r} in {final}: run notebook 04_train_diffusion first")
     return yaml.safe_load((final / "train_config.yaml").read_text())
 
@@ -214,18 +215,28 @@ def load_trained(run_dir, arm: str, ema: bool = True) -> tuple[UNet2DConditionMo
     """Load a trained arm: ``(model, class_names, cfg)``.
 
     ``arm`` is the folder name under ``models/`` (``prototype``, ``baseline`` or an ``ARM_NAME``). With
-    ``ema`` the EMA weights (``final/ema``) are loaded, else the raw ones; a run trained with EMA off has
-    only the raw ones, which are then its result. The class table's null row and freezing are restored
-    (``from_pretrained`` forgets both). The model is returned in eval mode on the CPU.
+    ``ema`` the EMA weights (``final/unet``'s default weights) are loaded, else the raw ones (its variant
+    ``raw``); a run trained with EMA off has only the raw ones, which are then its result. The class table's
+    null row and freezing are restored (``from_pretrained`` forgets both). The model is returned in eval
+    mode on the CPU. A ``final/`` of the layout before the pipeline folder (weights at its top, ``ema/``)
+    loads too.
     """
     final = arm_dir(run_dir, arm) / "final"
     cfg = trained_config(run_dir, arm)
     class_names = json.loads((final / "class_names.json").read_text())
-    path = final / "ema" if ema and (final / "ema" / "config.json").is_file() else final
-    if ema and path == final and float(cfg.get("EMA_DECAY") or 0) > 0:
-        raise StudyInputError(f"{final / 'ema'} is missing although the run used EMA; "
-                              f"rerun notebook 04_train_diffusion")
-    model = UNet2DConditionModel.from_pretrained(str(path), use_safetensors=True)
+    used_ema = float(cfg.get("EMA_DECAY") or 0) > 0
+    if (final / "unet" / "config.json").is_file():
+        raw = final / "unet" / "diffusion_pytorch_model.raw.safetensors"
+        if used_ema and not raw.is_file():
+            raise StudyInputError(f"{raw} is missing although the run used EMA; rerun notebook 04_train_diffusion")
+        model = UNet2DConditionModel.from_pretrained(str(final / "unet"), use_safetensors=True,
+                                                     variant=None if ema or not used_ema else "raw")
+    else:
+        path = final / "ema" if ema and (final / "ema" / "config.json").is_file() else final
+        if ema and path == final and used_ema:
+            raise StudyInputError(f"{final / 'ema'} is missing although the run used EMA; "
+                                  f"rerun notebook 04_train_diffusion")
+        model = UNet2DConditionModel.from_pretrained(str(path), use_safetensors=True)
     freeze_class_table(model, frozen=cfg.get("ARM") == "prototype" and bool(cfg.get("FREEZE_PROTOTYPES", True)))
     return model.eval(), class_names, cfg
 

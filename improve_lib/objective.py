@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
+from . import guided_pipeline
 from .errors import StudyInputError
 from .parameters import as_bool, as_float, as_int, one_of, require
 
@@ -95,9 +96,7 @@ def from_model(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x * _shape(std, x) + _shape(mean, x)
 
 
-def data_range(mean, std) -> float:
-    """The largest |value| an image in [-1, 1] takes in the model's space (where x0 is clipped)."""
-    return max(max(abs(-1.0 - m), abs(1.0 - m)) / s for m, s in zip(mean, std))
+data_range = guided_pipeline.data_range  # the largest |value| of an image in [-1, 1] in the model's space
 
 
 # ------------------------------------------------------------------------------------------ the loss

@@ -20,6 +20,7 @@ import nbformat
 import papermill
 import yaml
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from traitlets.config import Config
 from tqdm.auto import tqdm
 
 from . import data, embeddings, manifest, parameters, prototypes, sample, train, tstr
@@ -160,6 +161,12 @@ def cell_timeout() -> float | None:
     return value if value > 0 else None
 
 
+def kernel_config() -> Config:
+    """Kernels talk to the runner over local Unix sockets (IPC) where the system has them: the kernel is on
+    this machine, so TCP only opened ports and made every kernel warn that its traffic is unencrypted."""
+    return Config({"KernelManager": {"transport": "ipc"}}) if os.name == "posix" else Config()
+
+
 def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], progress: bool = True) -> Path:
     """Run ``notebook`` with papermill into ``out`` (working directory: the notebook's folder). A failure,
     a cell running past :func:`cell_timeout` or a kernel that died raises :class:`StudyRunError` naming
@@ -168,7 +175,7 @@ def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], prog
     try:
         papermill.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=KERNEL,
                                    cwd=str(notebook.parent), progress_bar=progress, log_output=False,
-                                   execution_timeout=limit)
+                                   execution_timeout=limit, config=kernel_config())
     except papermill.PapermillExecutionError as exc:
         raise StudyRunError(
             f"notebook {notebook.name} failed in {_cell_in(out, failed=True)} with {exc.ename}: {exc.evalue}\n"

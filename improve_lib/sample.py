@@ -1,8 +1,10 @@
 """Class-conditional DDIM sampling with classifier-free guidance (paper section 4.2: DDIM, 50 steps).
 
-diffusers' ``DDIMPipeline`` calls the UNet without class labels, so this module runs its own loop over
+diffusers' ``DDIMPipeline`` calls the UNet without class labels, so the study has its own guided loop over
 ``DDIMScheduler`` (built from the training ``DDPMScheduler`` config, so the noise schedule and the
-prediction type are the ones the model was trained on).
+prediction type are the ones the model was trained on): :mod:`improve_lib.guided_pipeline`, the same code
+that every trained model folder ships as its diffusers pipeline. This module checks the study's
+settings, seeds every image and writes a run's samples.
 
 Guidance follows the reference code: ``out = (1 + w) * out_cond - w * out_uncond`` on the model's output
 (``w = 0`` is purely conditional), with the conditional and unconditional passes batched into one forward.
@@ -36,16 +38,14 @@ from PIL import Image
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from . import models, objective
+from . import guided_pipeline, models, objective
 from .errors import StudyInputError
 from .io import atomic_path, atomic_write_json
 from .parameters import as_float, as_int, one_of, require
 
 SAMPLER_KEYS = ("STEPS", "ETA", "GUIDANCE_SCALE", "GUIDANCE_INTERVAL", "TIMESTEP_SPACING", "SAMPLE_CLIPPING")
-TIMESTEP_SPACINGS = ("leading", "trailing")
-CLIPPINGS = ("clip", "dynamic", "none")
-# Dynamic thresholding (Imagen) as DeepFloyd IF sets it in diffusers: the 99.5th percentile of |x0|, at most 1.5.
-DYNAMIC_THRESHOLD = {"dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.5}
+TIMESTEP_SPACINGS, CLIPPINGS = guided_pipeline.TIMESTEP_SPACINGS, guided_pipeline.CLIPPINGS
+guided_epsilon = guided_pipeline.guided_output  # the guided model output, one batched forward
 
 
 def sampler_settings(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,32 +76,11 @@ def ddim_scheduler(scheduler_config: Mapping[str, Any], settings: Mapping[str, A
     """A ``DDIMScheduler`` with the training schedule of ``scheduler_config`` and the sampler's spacing
     and x0 clipping (``data_range``: the largest |value| of an image in the model's space), set to
     ``settings["STEPS"]`` steps."""
-    clipping = settings["SAMPLE_CLIPPING"]
-    if clipping == "dynamic" and abs(data_range - 1.0) > 1e-6:
-        raise StudyInputError("SAMPLE_CLIPPING='dynamic' (Imagen's thresholding) assumes images in [-1, 1]; "
-                              "with INPUT_NORMALIZATION='standardize' use 'clip' or 'none'")
-    sched = DDIMScheduler.from_config(dict(scheduler_config), timestep_spacing=settings["TIMESTEP_SPACING"],
-                                      clip_sample=clipping == "clip", clip_sample_range=float(data_range),
-                                      thresholding=clipping == "dynamic", **DYNAMIC_THRESHOLD)
-    sched.set_timesteps(int(settings["STEPS"]))
-    return sched
-
-
-def guided_epsilon(model, x: torch.Tensor, t: torch.Tensor | int, class_labels: torch.Tensor,
-                   null_label: int, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guided model output ``(1 + w) * out(x|y) - w * out(x|null)`` (the noise for an
-    epsilon model, the velocity for a v model).
-
-    Both passes run as ONE forward over the concatenated batch ``[x; x]`` with labels ``[y; null]``.
-    With ``guidance_scale == 0`` only the conditional pass runs.
-    """
-    w = float(guidance_scale)
-    if w == 0.0:
-        return model(x, t, encoder_hidden_states=None, class_labels=class_labels).sample
-    labels = torch.cat([class_labels, torch.full_like(class_labels, int(null_label))])
-    eps = model(torch.cat([x, x]), t, encoder_hidden_states=None, class_labels=labels).sample
-    eps_cond, eps_uncond = eps.chunk(2)
-    return (1.0 + w) * eps_cond - w * eps_uncond
+    try:
+        return guided_pipeline.ddim_scheduler(scheduler_config, int(settings["STEPS"]), settings["TIMESTEP_SPACING"],
+                                              settings["SAMPLE_CLIPPING"], data_range)
+    except ValueError as exc:  # the pipeline speaks in its arguments' names; name the study's parameters
+        raise StudyInputError(f"SAMPLE_CLIPPING / TIMESTEP_SPACING: {exc}") from None
 
 
 def _generators(seeds: Sequence[int] | torch.Generator, n: int) -> list[torch.Generator] | torch.Generator:
@@ -111,15 +90,6 @@ def _generators(seeds: Sequence[int] | torch.Generator, n: int) -> list[torch.Ge
     if len(seeds) != n:
         raise StudyInputError(f"got {len(seeds)} seeds for {n} images; give one seed per image")
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-
-def _noise(gens, shape: tuple[int, ...]) -> torch.Tensor:
-    # CPU generators: the same seed gives the same noise on any device
-    if isinstance(gens, torch.Generator):
-        return torch.randn(shape, generator=gens)
-    if not gens:
-        return torch.empty(shape)
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
 
 
 @torch.no_grad()
@@ -143,37 +113,18 @@ def ddim_sample(model, class_labels: torch.Tensor | Sequence[int], *, scheduler_
 
     Returns ``[B, 3, R, R]`` float32 on the CPU with values in [0, 1].
     """
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
     if null_label is None:
         null_label = models.null_label(model)
     if len(labels) and (labels.min() < 0 or labels.max() >= null_label):
         raise StudyInputError(f"class_labels must be in 0..{null_label - 1}, got {labels.tolist()}")
     mean, std = normalization or ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
-    res = int(resolution or model.config.sample_size)
-    shape = (len(labels), 3, res, res)
-    gens = _generators(seeds, len(labels))
     sched = ddim_scheduler(scheduler_config, settings, objective.data_range(mean, std))
-    last = sched.config.num_train_timesteps - 1
-    lo, hi = settings["GUIDANCE_INTERVAL"]
-    eta = float(settings["ETA"])
-    was_training = model.training
-    model.eval()
-    x = _noise(gens, shape).to(device=device, dtype=dtype)
-    labels = labels.to(device)
-    timesteps = sched.timesteps
-    if progress:
-        timesteps = tqdm(timesteps, desc="DDIM", leave=False)
-    try:
-        for t in timesteps:
-            w = settings["GUIDANCE_SCALE"] if lo <= float(t) / last <= hi else 0.0
-            out = guided_epsilon(model, x, t.to(device), labels, null_label, w)
-            noise = _noise(gens, shape).to(device=device, dtype=dtype) if eta > 0 else None
-            x = sched.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
-    finally:
-        model.train(was_training)
-    return objective.from_model(x.float(), mean, std).clamp(-1, 1).add(1).div(2).cpu()
+    bar = (lambda steps: tqdm(steps, desc="DDIM", leave=False)) if progress else None
+    return guided_pipeline.denoise(model, labels, _generators(seeds, len(labels)), sched,
+                                   guidance_scale=settings["GUIDANCE_SCALE"], guidance_interval=settings["GUIDANCE_INTERVAL"],
+                                   eta=float(settings["ETA"]), null_label=null_label, input_mean=mean, input_std=std,
+                                   resolution=int(resolution or model.config.sample_size), progress=bar)
 
 
 def sample_grid(model, num_classes: int, *, scheduler_config: Mapping[str, Any], settings: Mapping[str, Any],
@@ -191,7 +142,7 @@ def sample_grid(model, num_classes: int, *, scheduler_config: Mapping[str, Any],
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
     """Write a ``[3, H, W]`` image in [0, 1] as an 8-bit PNG, atomically."""
-    arr = (image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    arr = guided_pipeline.to_uint8(image).numpy()
     with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
     return Path(path)

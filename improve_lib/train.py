@@ -327,7 +327,7 @@ class TrainingRun:
             raise RuntimeError(f"final weights differ across ranks: {hashes}")
         if self.main:
             export.write_final(self.out_dir / "final", self.unwrapped, self.ema, self.scheduler, self.cfg,
-                               self.class_names, summary)
+                               self.class_names, summary, self.out_dir / "class_table.safetensors")
             plots.save_loss_curve(self.log.path, self.out_dir / "loss.png", self.cfg["ARM_NAME"])
             print(f"trained {self.cfg['ARM_NAME']}: {step} steps -> {self.out_dir / 'final'}", flush=True)
         self.accelerator.wait_for_everyone()

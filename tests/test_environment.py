@@ -1,14 +1,17 @@
-"""Repository hygiene: environment files agree, notebooks are committed clean with one parameters cell."""
+"""Repository hygiene: environment files agree, installed versions are the locked ones, notebooks are committed clean with one parameters cell."""
 from __future__ import annotations
 
 import ast
 import re
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from improve_lib import notebook_tools, parameters
 
@@ -27,6 +30,43 @@ def test_environment_yml_matches_pyproject():
     pip_block = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert sorted(map(_norm, deps)) == sorted(map(_norm, pip_block))
     assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def _installed_closure(root: str = "improve-study") -> dict[str, str]:
+    """Every distribution the project needs on this platform, with its installed version."""
+    found, stack = {}, [(root, frozenset())]
+    while stack:
+        name, extras = stack.pop()
+        dist = metadata.distribution(name)
+        found[canonicalize_name(name)] = dist.version
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in (extras or {""})):
+                if canonicalize_name(req.name) not in found:
+                    stack.append((req.name, frozenset(req.extras)))
+    found.pop(canonicalize_name(root))
+    return found
+
+
+def test_installed_versions_are_the_locked_ones():
+    """make venv installs with -c requirements.lock: every package the project pulls in is pinned there,
+    at the version installed, and the lock satisfies pyproject.toml's ranges."""
+    lock, installed = _lock(), _installed_closure()
+    assert not sorted(set(installed) - set(lock)), "packages installed but not locked (make lock)"
+    differ = {k: (v, lock[k]) for k, v in installed.items() if lock[k] != v}
+    assert not differ, f"installed vs locked versions differ: {differ}"
+    for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(text)
+        assert req.specifier.contains(lock[canonicalize_name(req.name)], prereleases=True), text
 
 
 def test_there_are_notebooks_and_profiles():

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 def _weights(run, arm):
     final = run / "models" / arm / "final"
-    return {sub: load_file(str(final / sub / "diffusion_pytorch_model.safetensors")) for sub in (".", "ema")}
+    return {name: load_file(str(final / "unet" / name)) for name in ("diffusion_pytorch_model.safetensors",
+                                                                      "diffusion_pytorch_model.raw.safetensors")}
 
 
 def _assert_same(run, a, b):

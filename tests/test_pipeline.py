@@ -45,8 +45,8 @@ def test_smoke_run(dataset, upto, tmp_path, request):
     assert m["complete"] == (only is None)
     assert m["facts"]["02_embeddings"]["encoder_is_clip"] is False
     assert (run / "prototypes" / "prototypes.safetensors").is_file()
-    assert (run / "models" / "prototype" / "final" / "ema" / "config.json").is_file()
-    assert (run / "models" / "baseline" / "final" / "config.json").is_file()
+    assert (run / "models" / "prototype" / "final" / "unet" / "diffusion_pytorch_model.raw.safetensors").is_file()
+    assert (run / "models" / "baseline" / "final" / "model_index.json").is_file()
     if dataset == "bone_marrow":
         excluded = [r["class_name"] for r in m["facts"]["01_explore_data"]["excluded_classes"] if not r["kept"]]
         assert "EBO" in excluded and "NGB" in excluded
@@ -97,12 +97,14 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path):
     assert m["stages"]["01_fail.ipynb"]["status"] == "failed"
 
 
-def test_cell_past_the_time_limit_fails_with_the_cell_named(tmp_path, monkeypatch):
-    """A hung cell must fail its run (and its test) instead of stalling a sweep or the CI suite."""
+def test_cell_past_the_time_limit_fails_with_the_cell_named(tmp_path, monkeypatch, capfd):
+    """A hung cell must fail its run (and its test) instead of stalling a sweep or the CI suite. The kernel
+    talks over local sockets (IPC), so it does not warn that TCP traffic is unencrypted."""
     nbdir = _one_notebook(tmp_path, "01_hang.ipynb", "import time", "time.sleep(600)  # a cell that never ends in time")
     monkeypatch.setenv("IMPROVE_CELL_TIMEOUT", "3")
     with pytest.raises(pipeline.StudyRunError, match=r"01_hang.ipynb: cell 3 \('time.sleep\(600\).*IMPROVE_CELL_TIMEOUT=3 s"):
         pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", progress=False, notebook_dir=nbdir)
+    assert "without encryption" not in capfd.readouterr().err
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["01_hang.ipynb"]["status"] == "failed"
     for bad in ("soon", "1e"):
         monkeypatch.setenv("IMPROVE_CELL_TIMEOUT", bad)

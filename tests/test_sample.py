@@ -85,5 +85,5 @@ def test_read_samples_names_the_missing_class_and_short_class(trained, tmp_path)
 def test_trained_model_loads_with_plain_diffusers(trained):
     from diffusers import UNet2DConditionModel
 
-    model = UNet2DConditionModel.from_pretrained(str(trained / "models" / "baseline" / "final" / "ema"))
+    model = UNet2DConditionModel.from_pretrained(str(trained / "models" / "baseline" / "final" / "unet"))
     assert model.config.num_class_embeds == len(CLASSES) + 1

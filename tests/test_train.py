@@ -73,7 +73,7 @@ def run(tmp_path):
 def _weights(path):
     from safetensors.torch import load_file
 
-    return load_file(str(path / "diffusion_pytorch_model.safetensors"))
+    return load_file(str(path))
 
 
 def _initial_model(cfg):
@@ -108,7 +108,9 @@ def test_one_step_updates_every_trainable_parameter_and_only_baseline_table(run,
         assert not torch.equal(emb_after[:2], emb_before[:2])
         assert trained.class_embedding.weight.requires_grad
     out = run / "models" / arm
-    for rel in ("final/ema/diffusion_pytorch_model.safetensors", "final/scheduler/scheduler_config.json",
+    for rel in ("final/unet/diffusion_pytorch_model.safetensors", "final/unet/diffusion_pytorch_model.raw.safetensors",
+                "final/model_index.json", "final/pipeline_improve.py", "final/README.md",
+                "final/class_table.safetensors", "final/scheduler/scheduler_config.json",
                 "final/class_names.json", "final/train_config.yaml", "loss.png", "samples/step-1.png",
                 "checkpoint-1/training_state.json", "class_table.safetensors"):
         assert (out / rel).is_file(), rel
@@ -140,7 +142,7 @@ def test_kill_and_resume_replays_the_uninterrupted_run(run, monkeypatch):
     summary = tr.train(resumed)
     assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps_this_session"] == 3
     assert not (out / "checkpoint-3").exists()  # the stale incomplete folder was cleaned up
-    for sub in ("final", "final/ema"):
+    for sub in ("final/unet/diffusion_pytorch_model.safetensors", "final/unet/diffusion_pytorch_model.raw.safetensors"):
         a, b = _weights(run / "models" / "full" / sub), _weights(out / sub)
         assert a.keys() == b.keys()
         for k in a:
@@ -184,7 +186,9 @@ def test_keep_checkpoints_limit(run):
 
     train(tiny_config(run, "baseline", MAX_STEPS=5, CHECKPOINT_EVERY=1, KEEP_CHECKPOINTS=2, EMA_DECAY=0))
     assert [(s, c) for s, _, c in checkpoints.list_checkpoints(run / "models" / "baseline")] == [(4, True), (5, True)]
-    assert not (run / "models" / "baseline" / "final" / "ema").exists()  # EMA off: raw weights only
+    final = run / "models" / "baseline" / "final"
+    assert not (final / "unet" / "diffusion_pytorch_model.raw.safetensors").exists()  # EMA off: raw weights only
+    assert json.loads((final / "model_index.json").read_text())["weights"] == "raw"
 
 
 def test_cli_with_epochs_and_load_trained_errors(run, tmp_path):

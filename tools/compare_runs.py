@@ -40,9 +40,11 @@ def _numbers(value):
 def _weights(run: Path) -> dict[str, str]:
     out = {}
     for final in sorted((run / "models").glob("*/final")):
-        for sub in (final, final / "ema"):
-            if (sub / "config.json").is_file():
-                out[str(sub.relative_to(run))] = state_dict_sha256(UNet2DConditionModel.from_pretrained(str(sub)))
+        for sub, variant in ((final, None), (final / "ema", None), (final / "unet", None), (final / "unet", "raw")):
+            name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
+            if (sub / "config.json").is_file() and (sub / name).is_file():
+                model = UNet2DConditionModel.from_pretrained(str(sub), variant=variant)
+                out[f"{sub.relative_to(run)}{':' + variant if variant else ''}"] = state_dict_sha256(model)
     return out
 
 

@@ -3,6 +3,7 @@ exports back into the review's judgment files (:mod:`improve_lib.review.tasks`).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -15,7 +16,8 @@ from .tasks import (JUDGMENT_COLUMNS, append_judgment, blinded_png, load_criteri
 
 
 def labeling_config(criteria: dict) -> str:
-    """Label Studio labeling config (XML) for ``criteria``: plausible / implausible, failed criteria, comment."""
+    """Label Studio labeling config (XML) for ``criteria``: plausible / implausible, failed criteria, comment.
+    Images are shown at 256 px without smoothing: small samples stay sharp and the choices above the fold."""
     failed_title = f"Criteria the image fails ({criteria['dataset']} v{criteria['version']})"
     choices = "\n".join(
         f"    <Choice value={quoteattr(c['name'])} alias={quoteattr(c['id'])} hint={quoteattr(c['question'])}/>"
@@ -24,7 +26,7 @@ def labeling_config(criteria: dict) -> str:
         "<View>\n"
         '  <Header value="Intended class"/>\n'
         '  <Text name="intended_class" value="$intended_class"/>\n'
-        '  <Image name="image" value="$image" zoom="true"/>\n'
+        '  <Image name="image" value="$image" zoom="true" smoothing="false" width="256px" maxWidth="256px"/>\n'
         '  <Choices name="plausible" toName="image" choice="single" required="true">\n'
         '    <Choice value="plausible" hotkey="p"/>\n'
         '    <Choice value="implausible" hotkey="i"/>\n'
@@ -73,11 +75,31 @@ def export_label_studio(run_dir, dataset: str, out_path, url_prefix: str = "/dat
     return {"tasks": out_path, "config": config_path, "images": image_dir}
 
 
-def _annotator(annotation: dict) -> str:
+def _annotator(annotation: dict) -> tuple[str, str]:
+    """``(user id, e-mail)`` of an annotation's author, as far as the export tells (either may be "")."""
     who = annotation.get("completed_by")
     if isinstance(who, dict):
-        who = who.get("email") or who.get("id")
-    return "" if who is None else str(who)
+        return str(who.get("id", "")), str(who.get("email") or "").lower()
+    if isinstance(who, str) and "@" in who:
+        return "", who.lower()
+    return ("" if who is None else str(who)), ""
+
+
+def _label(who: tuple[str, str]) -> str:
+    return who[1] or who[0]
+
+
+def _by(annotations: list, completed_by, where: Path) -> list:
+    """The annotations of one annotator, given by user id or e-mail; an error when none match."""
+    wanted = str(completed_by).strip().lower()
+    picked = [(t, a) for t, a in annotations if wanted in {v for v in _annotator(a) if v}]
+    if not picked and annotations:
+        known = sorted({_label(_annotator(a)) for _, a in annotations})
+        hint = ("; this export names annotators by user id: pass the id, or pull from the server with "
+                "`python -m improve_lib review label-studio pull`, which looks e-mails up"
+                if "@" in wanted and not any(_annotator(a)[1] for _, a in annotations) else "")
+        raise StudyInputError(f"{where}: no annotation by {completed_by!r} (annotators: {known}){hint}")
+    return picked
 
 
 def _judgment_of(ann: dict, where: str, by_name: dict[str, str], criteria_label: str):
@@ -101,8 +123,11 @@ def _judgment_of(ann: dict, where: str, by_name: dict[str, str], criteria_label:
             comment = " ".join(str(t) for t in value.get("text") or [])
     if verdict is None:
         raise StudyInputError(f"{where}: annotation {ann.get('id')} has no plausible / implausible choice")
-    if verdict and failed:
-        raise StudyInputError(f"{where}: marked plausible but fails {failed}")
+    if verdict and failed:  # the rule: an image failing any criterion is implausible; keep what was ticked
+        warnings.warn(f"{where}: marked plausible but fails {failed}; recorded as implausible with a note",
+                      stacklevel=3)
+        verdict = False
+        comment = f"[Label Studio: marked plausible and failing {', '.join(failed)}] {comment}".strip()
     stamp = str(ann.get("updated_at") or ann.get("created_at") or now())
     try:
         parse_time(stamp)
@@ -117,8 +142,10 @@ def import_label_studio(export_json_path, run_dir, reviewer: str, completed_by=N
     Reads Label Studio's export (a list of tasks, each with ``data.task_id`` and ``annotations``, each
     with ``result`` regions: ``choices`` from ``plausible`` and ``failed``, ``textarea`` from
     ``comment``). Cancelled annotations are skipped. If the export holds annotations from several
-    annotators, pass ``completed_by`` (Label Studio user id or email) to pick one: one reviewer file
-    is one person. The annotation's ``updated_at`` (else ``created_at``) becomes the timestamp, and a
+    annotators, pass ``completed_by`` (Label Studio user id, or e-mail where the export carries it) to
+    pick one: one reviewer file is one person; a ``completed_by`` that matches nothing is an error. An
+    annotation marked plausible that also ticks a failed criterion is recorded as implausible, with the
+    criteria and a note in its comment, and a warning. The annotation's ``updated_at`` (else ``created_at``) becomes the timestamp, and a
     judgment already imported (same task and timestamp) is not appended twice. Returns the rows
     appended. Raises :class:`StudyInputError` naming the task for anything it cannot read.
     """
@@ -153,9 +180,9 @@ def import_label_studio(export_json_path, run_dir, reviewer: str, completed_by=N
             if ann.get("was_cancelled"):
                 continue
             annotations.append((task_id, ann))
-    annotators = sorted({_annotator(a) for _, a in annotations})
+    annotators = sorted({_label(_annotator(a)) for _, a in annotations})
     if completed_by is not None:
-        annotations = [(t, a) for t, a in annotations if _annotator(a) == str(completed_by)]
+        annotations = _by(annotations, completed_by, export_json_path)
     elif len(annotators) > 1:
         raise StudyInputError(f"{export_json_path}: annotations by several annotators {annotators}; pass "
                               "completed_by=... to import one of them as reviewer " + repr(reviewer))
