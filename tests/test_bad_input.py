@@ -9,6 +9,7 @@ import pytest
 
 from improve_lib import pipeline
 from improve_lib.errors import StudyInputError
+from improve_lib.io import sha256_file
 from improve_lib.review import label_studio, tasks
 from improve_lib.data import synthetic_cells as sc
 
@@ -26,10 +27,28 @@ from improve_lib.data import synthetic_cells as sc
     ({"ZERO_TERMINAL_SNR": True, "PREDICTION_TYPE": "epsilon"}, "ZERO_TERMINAL_SNR.*PREDICTION_TYPE"),
     ({"ENCODER": "open_clip:ViT-B-32:missing/weights.safetensors"}, "ENCODER.*not found"),
 ])
-def test_a_bad_value_fails_before_the_run_folder_exists(tmp_path, sets, match):
+def test_a_bad_value_fails_before_the_run_folder_exists(tmp_path, sets, match, finished_run):
     with pytest.raises(StudyInputError, match=match):
         pipeline.run_pipeline("smoke", run_dir=tmp_path / "run", sets=sets, progress=False)
     assert not (tmp_path / "run").exists()
+    # and a finished run folder given the same bad value to resume with is left byte for byte as it was
+    before = _tree(finished_run)
+    with pytest.raises(StudyInputError, match=match):
+        pipeline.run_pipeline("smoke", run_dir=finished_run, sets=sets, resume=True, progress=False)
+    assert _tree(finished_run) == before
+
+
+@pytest.fixture(scope="module")
+def finished_run(smoke_synthetic_run, tmp_path_factory):
+    """A copy of a finished smoke run: the earlier run that bad input must leave untouched."""
+    run = tmp_path_factory.mktemp("earlier") / "run"
+    shutil.copytree(smoke_synthetic_run, run)
+    return run
+
+
+def _tree(folder) -> dict[str, str]:
+    """Every file under ``folder`` with its sha256 (and every folder), to compare a folder byte for byte."""
+    return {str(p.relative_to(folder)): (sha256_file(p) if p.is_file() else "dir") for p in sorted(folder.rglob("*"))}
 
 
 def test_encoder_checkpoint_path_is_resolved_against_the_working_directory(tmp_path, monkeypatch):
