@@ -2,7 +2,7 @@
 
 A reader checks a claim from these files without rerunning anything: the comparison of notebook 08
 (table, verdict, figure, summary), ``runs.csv``, and per run its ``metrics.json`` (TSTR, fidelity, tone,
-copy check), ``prototypes_metrics.json``, ``manifest.json`` (git commit, package versions, parameters,
+copy check), the tables of TSTR, fidelity and objective plausibility, ``prototypes_metrics.json``, ``manifest.json`` (git commit, package versions, parameters,
 input and output hashes, notebook times), ``params.yaml``, and the sample grids of notebook 05. No
 checkpoint and no image of a dataset is copied. ``COMMAND.md`` holds the command that made the sweep.
 
@@ -23,6 +23,9 @@ from .io import atomic_write_text, sha256_file
 # per run: (file in the run folder, name in the results folder); outputs the manifest hashed
 RUN_FILES = (("metrics/metrics.json", "metrics.json"), ("prototypes/metrics.json", "prototypes_metrics.json"),
              ("params.yaml", "params.yaml"))
+# per run, when the run has them: the tables behind the per-seed numbers (TSTR, fidelity, objective plausibility)
+RUN_TABLES = (("tables/tstr.csv", "tstr.csv"), ("tables/fidelity.csv", "fidelity.csv"),
+              ("tables/objective_plausibility.csv", "objective_plausibility.csv"))
 RUN_FIGURES = ("figures/05_samples_prototype.png", "figures/05_samples_baseline.png", "figures/05_tone_prototype.png",
                "figures/05_tone_baseline.png")
 SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summary.csv", "comparison/verdict.md",
@@ -49,6 +52,10 @@ def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
     for run in runs:
         for src, dst in RUN_FILES:
             _copy(run / src, out_dir / "runs" / run.name / dst)
+        recorded = manifest.load(run).get("outputs", {})
+        for src, dst in RUN_TABLES:
+            if (run / src).is_file() and src in recorded:
+                _copy(run / src, out_dir / "runs" / run.name / dst)
         _copy(run / manifest.MANIFEST, out_dir / "runs" / run.name / manifest.MANIFEST)
         for fig in RUN_FIGURES:
             if (run / fig).is_file():
@@ -82,5 +89,9 @@ def verify(out_dir: str | Path) -> list[str]:
                 raise StudyInputError(f"{run}: {dst} missing")
             recorded = m.get("outputs", {}).get(src)
             if src != "params.yaml" and recorded != sha256_file(path):
+                raise StudyInputError(f"{path}: sha256 differs from its manifest's record of {src}: edited after the run?")
+        for src, dst in RUN_TABLES:
+            path = run / dst
+            if path.is_file() and m.get("outputs", {}).get(src) != sha256_file(path):
                 raise StudyInputError(f"{path}: sha256 differs from its manifest's record of {src}: edited after the run?")
     return [r.name for r in runs]
