@@ -31,7 +31,6 @@ from .io import atomic_write_json, atomic_write_text, sha256_file
 
 PIPELINE_MODULE = "pipeline_improve"  # the file name the pipeline's code has in every model folder
 PIPELINE_CLASS = guided_pipeline.ImproveGuidedPipeline.__name__
-RAW_VARIANT = "raw"
 # The license of a model follows its training data's (see each dataset's SOURCE.md).
 DATA_LICENSES = {"synthetic": "mit", "ham10000": "cc-by-nc-4.0", "bone_marrow": "cc-by-4.0",
                  "dermamnist": "cc-by-4.0", "bloodmnist": "cc-by-4.0"}
@@ -82,7 +81,7 @@ def write_final(final: Path, model, ema: EMAModel | None, scheduler, cfg: dict[s
     with ema_weights(ema, model):  # the default weights: what the study samples with
         model.save_pretrained(str(partial / "unet"), safe_serialization=True)
     if ema is not None:
-        model.save_pretrained(str(partial / "unet"), safe_serialization=True, variant=RAW_VARIANT)
+        model.save_pretrained(str(partial / "unet"), safe_serialization=True, variant=models.RAW_VARIANT)
     scheduler.save_pretrained(str(partial / "scheduler"))
     shutil.copyfile(guided_pipeline.__file__, partial / f"{PIPELINE_MODULE}.py")
     table_copy = partial / "class_table.safetensors"
@@ -186,7 +185,7 @@ Classes (`class_labels`; the null, unconditional row of the class table is {inde
 - Image scaling: images on [-1, 1] are standardised per channel with mean `{index['input_mean']}` and
   std `{index['input_std']}` before the UNet; the pipeline undoes it.
 - Weights: `unet/` holds the {'EMA' if index['weights'] == 'ema' else 'raw training'} weights
-  {'(the raw ones: `variant="raw"`)' if index['weights'] == 'ema' else ''}. `train_config.yaml` is the full training
+  {f'(the raw ones: `variant="{models.RAW_VARIANT}"`)' if index['weights'] == 'ema' else ''}. `train_config.yaml` is the full training
   configuration, `training_summary.json` the run's steps, time and weight hashes.
 
 ## Limitations

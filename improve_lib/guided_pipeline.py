@@ -35,6 +35,16 @@ CLIPPINGS = ("clip", "dynamic", "none")
 DYNAMIC_THRESHOLD = {"dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.5}
 
 
+def channel_view(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``values`` shaped ``[1, C, 1, 1]`` in ``like``'s dtype and device."""
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+
+def from_model(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The model's (standardised) space back to the [-1, 1] image scale."""
+    return x * channel_view(std, x) + channel_view(mean, x)
+
+
 def data_range(mean: Sequence[float], std: Sequence[float]) -> float:
     """The largest |value| an image in [-1, 1] takes in the model's space (where x0 is clipped)."""
     return max(max(abs(-1.0 - m), abs(1.0 - m)) / s for m, s in zip(mean, std))
@@ -108,9 +118,7 @@ def denoise(model, class_labels: torch.Tensor, generators, scheduler: DDIMSchedu
             x = scheduler.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
     finally:
         model.train(was_training)
-    mean = torch.tensor([float(m) for m in input_mean]).view(1, -1, 1, 1)
-    std = torch.tensor([float(s) for s in input_std]).view(1, -1, 1, 1)
-    return (x.float().cpu() * std + mean).clamp(-1, 1).add(1).div(2)
+    return from_model(x.float().cpu(), input_mean, input_std).clamp(-1, 1).add(1).div(2)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -211,6 +211,10 @@ def trained_config(run_dir, arm: str) -> dict[str, Any]:
     return yaml.safe_load((final / "train_config.yaml").read_text())
 
 
+# In a model folder's unet/, the raw training weights are this diffusers variant when the EMA weights are the default.
+RAW_VARIANT = "raw"
+
+
 def load_trained(run_dir, arm: str, ema: bool = True) -> tuple[UNet2DConditionModel, list[str], dict[str, Any]]:
     """Load a trained arm: ``(model, class_names, cfg)``.
 
@@ -226,11 +230,11 @@ def load_trained(run_dir, arm: str, ema: bool = True) -> tuple[UNet2DConditionMo
     class_names = json.loads((final / "class_names.json").read_text())
     used_ema = float(cfg.get("EMA_DECAY") or 0) > 0
     if (final / "unet" / "config.json").is_file():
-        raw = final / "unet" / "diffusion_pytorch_model.raw.safetensors"
+        raw = final / "unet" / f"diffusion_pytorch_model.{RAW_VARIANT}.safetensors"
         if used_ema and not raw.is_file():
             raise StudyInputError(f"{raw} is missing although the run used EMA; rerun notebook 04_train_diffusion")
         model = UNet2DConditionModel.from_pretrained(str(final / "unet"), use_safetensors=True,
-                                                     variant=None if ema or not used_ema else "raw")
+                                                     variant=None if ema or not used_ema else RAW_VARIANT)
     else:
         path = final / "ema" if ema and (final / "ema" / "config.json").is_file() else final
         if ema and path == final and used_ema:

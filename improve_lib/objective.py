@@ -82,20 +82,13 @@ def input_statistics(images: torch.Tensor, mode: str) -> tuple[list[float], list
     return [float(v) for v in x.mean(dim=(0, 2, 3))], [float(v) for v in std]
 
 
-def _shape(values, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
-
-
 def to_model(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Images on the [-1, 1] scale to the model's input space."""
-    return (x - _shape(mean, x)) / _shape(std, x)
+    return (x - guided_pipeline.channel_view(mean, x)) / guided_pipeline.channel_view(std, x)
 
 
-def from_model(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """The model's space back to the [-1, 1] image scale."""
-    return x * _shape(std, x) + _shape(mean, x)
-
-
+# The sampler undoes the scaling; its code ships in model folders, so these live in guided_pipeline.
+from_model = guided_pipeline.from_model  # the model's space back to the [-1, 1] image scale
 data_range = guided_pipeline.data_range  # the largest |value| of an image in [-1, 1] in the model's space
 
 

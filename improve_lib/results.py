@@ -41,8 +41,9 @@ def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
         raise StudyInputError(f"{sweep_dir}: {missing} missing; render notebook 08 (python -m improve_lib compare DIR)")
     # the sweep's own runs (runs.csv), not a run folder that only lent its upstream notebooks to them
     names = pd.read_csv(sweep_dir / "runs.csv", dtype=str)["run"].tolist()
-    runs = [sweep_dir / n for n in sorted(names) if (sweep_dir / n / manifest.MANIFEST).is_file()
-            and all(src in manifest.load(sweep_dir / n).get("outputs", {}) for src, _ in RUN_FILES)]
+    outputs = {n: manifest.load(sweep_dir / n).get("outputs", {}) for n in sorted(names)
+               if (sweep_dir / n / manifest.MANIFEST).is_file()}
+    runs = [sweep_dir / n for n, recorded in outputs.items() if all(src in recorded for src, _ in RUN_FILES)]
     if not runs:
         raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
     if out_dir.exists():
@@ -52,9 +53,8 @@ def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
     for run in runs:
         for src, dst in RUN_FILES:
             _copy(run / src, out_dir / "runs" / run.name / dst)
-        recorded = manifest.load(run).get("outputs", {})
         for src, dst in RUN_TABLES:
-            if (run / src).is_file() and src in recorded:
+            if (run / src).is_file() and src in outputs[run.name]:
                 _copy(run / src, out_dir / "runs" / run.name / dst)
         _copy(run / manifest.MANIFEST, out_dir / "runs" / run.name / manifest.MANIFEST)
         for fig in RUN_FIGURES:
@@ -82,16 +82,13 @@ def verify(out_dir: str | Path) -> list[str]:
     if not runs:
         raise StudyInputError(f"{out_dir}: no runs/")
     for run in runs:
-        m = manifest.load(run)
-        for src, dst in RUN_FILES:
+        recorded = manifest.load(run).get("outputs", {})
+        for (src, dst), required in [(f, True) for f in RUN_FILES] + [(f, False) for f in RUN_TABLES]:
             path = run / dst
             if not path.is_file():
-                raise StudyInputError(f"{run}: {dst} missing")
-            recorded = m.get("outputs", {}).get(src)
-            if src != "params.yaml" and recorded != sha256_file(path):
-                raise StudyInputError(f"{path}: sha256 differs from its manifest's record of {src}: edited after the run?")
-        for src, dst in RUN_TABLES:
-            path = run / dst
-            if path.is_file() and m.get("outputs", {}).get(src) != sha256_file(path):
+                if required:
+                    raise StudyInputError(f"{run}: {dst} missing")
+                continue
+            if src != "params.yaml" and recorded.get(src) != sha256_file(path):
                 raise StudyInputError(f"{path}: sha256 differs from its manifest's record of {src}: edited after the run?")
     return [r.name for r in runs]

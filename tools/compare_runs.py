@@ -4,7 +4,8 @@
 
 Compares, with each folder's own path replaced by a placeholder: ``data/split.csv`` (text), the tensors
 of ``prototypes/*.safetensors`` (bit for bit; their metadata order is not fixed), the sha256 of every
-trained arm's weights (``final/`` and ``final/ema/``, via ``improve_lib.models.state_dict_sha256``) and
+trained arm's weights (``final/unet/`` and its raw variant, or the older ``final/`` and ``final/ema/``;
+via ``improve_lib.models.state_dict_sha256``) and
 ``metrics/metrics.json`` (NaN equal to NaN; wall-clock fields, keys ending in ``seconds``, left out). Prints
 one line per item and exits 1 when any differs.
 """
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from improve_lib.models import state_dict_sha256  # noqa: E402
+from improve_lib.models import RAW_VARIANT, state_dict_sha256  # noqa: E402
 
 
 def _text(run: Path, rel: str) -> str | None:
@@ -40,7 +41,7 @@ def _numbers(value):
 def _weights(run: Path) -> dict[str, str]:
     out = {}
     for final in sorted((run / "models").glob("*/final")):
-        for sub, variant in ((final, None), (final / "ema", None), (final / "unet", None), (final / "unet", "raw")):
+        for sub, variant in ((final, None), (final / "ema", None), (final / "unet", None), (final / "unet", RAW_VARIANT)):
             name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
             if (sub / "config.json").is_file() and (sub / name).is_file():
                 model = UNet2DConditionModel.from_pretrained(str(sub), variant=variant)
