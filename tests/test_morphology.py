@@ -131,3 +131,66 @@ def test_measure_is_fast():
         morphology.measure(im)
     per_image = (time.perf_counter() - t) / len(imgs)
     assert per_image < 0.05, f"{per_image * 1000:.1f} ms per 32 px image"
+
+
+# ---- generated cells: noise, the status of each check, which rule failed ---------------------------
+
+def test_noise_estimate_reads_added_noise_and_leaves_clean_renders_alone():
+    rng = np.random.default_rng(3)
+    for res in (32, 64):
+        for cls in sc.CLASSES:
+            img, _ = sc.render_cell(cls, sc.image_rng(4444, cls, 0), res)
+            clean = morphology.noise_sd(img)
+            assert clean < morphology.DENOISE_ABOVE, f"{cls} at {res} px reads {clean:.2f} clean"
+            assert not morphology.measure(img)["denoised"]
+            noisy = plausibility.perturb(img, "noise", 8, rng)
+            assert 6.5 < morphology.noise_sd(noisy) < 11.0
+            assert morphology.measure(noisy)["denoised"]
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_checker_sees_cells_through_noise(resolution):
+    """The issue's bar: real renders pass >= 90 % at noise SD 8/255 while other classes pass <= 20 %
+    (fresh seed; 12 per class keeps the test short, the README's curves use more)."""
+    curves = plausibility.robustness_curves(resolution, 12, seed=4646, perturbations={"noise": (8,)})
+    verdict = plausibility.robustness_verdict(curves)
+    assert verdict["met"], verdict
+    assert list(curves.columns[:4]) == ["perturbation", "level", "n", "own %"] and curves["n"].iloc[0] == 72
+
+
+def test_perturbations_are_reproducible_and_do_what_they_say():
+    img, _ = sc.render_cell("monocyte", sc.image_rng(1, "monocyte", 0), 32)
+    a = np.asarray(img).astype(float)
+    for kind, zero in (("noise", 0), ("blur", 0.0), ("tone", 0.0), ("jpeg", 100)):
+        assert np.array_equal(np.asarray(plausibility.perturb(img, kind, zero, np.random.default_rng(0))), a)
+    n1 = np.asarray(plausibility.perturb(img, "noise", 8, np.random.default_rng(5)))
+    assert np.array_equal(n1, np.asarray(plausibility.perturb(img, "noise", 8, np.random.default_rng(5))))
+    assert 6.0 < float((n1 - a).std()) < 9.0
+    grey = np.asarray(plausibility.perturb(img, "tone", 0.5, np.random.default_rng(0))).astype(float)
+    assert np.abs(grey - (0.5 * a + 64.0)).max() <= 0.5 + 1e-9
+    blurred = np.asarray(plausibility.perturb(img, "blur", 1.0, np.random.default_rng(0))).astype(float)
+    assert blurred.std() < a.std()
+    assert plausibility.perturb(img, "jpeg", 50, np.random.default_rng(0)).size == img.size
+    with pytest.raises(StudyInputError, match="unknown perturbation 'rotate'"):
+        plausibility.perturb(img, "rotate", 1, np.random.default_rng(0))
+
+
+def test_no_cell_is_reported_apart_and_criterion_table_says_which_rule_failed(tmp_path):
+    blank = Image.new("RGB", (32, 32), (236, 228, 234))
+    (tmp_path / "samples" / "baseline" / "lymphocyte").mkdir(parents=True)
+    (tmp_path / "samples" / "prototype" / "lymphocyte").mkdir(parents=True)
+    blank.save(tmp_path / "samples" / "baseline" / "lymphocyte" / "0.png")
+    for i in range(2):
+        img, _ = sc.render_cell("lymphocyte", sc.image_rng(78, "lymphocyte", i), 32)
+        img.save(tmp_path / "samples" / "prototype" / "lymphocyte" / f"{i}.png")
+    big, _ = sc.render_cell("monocyte", sc.image_rng(78, "monocyte", 0), 32)  # far too big for a lymphocyte
+    big.save(tmp_path / "samples" / "baseline" / "lymphocyte" / "1.png")
+    _, checks = plausibility.objective_plausibility_table(tmp_path, ("baseline", "prototype"), return_checks=True)
+    assert list(checks.sort_values("path").status) == ["no cell found", "implausible", "plausible", "plausible"]
+    table = plausibility.criterion_table(checks, ("baseline", "prototype"))
+    base = table.loc[("lymphocyte", "baseline")]
+    assert base["n"] == 2 and base["no cell found %"] == 50 and base["cell_size %"] == 0 and base["plausible %"] == 0
+    assert table.loc[("lymphocyte", "prototype"), "plausible %"] == 100
+    assert table.loc[("mean", "prototype"), "n"] == 2
+    with pytest.raises(StudyInputError, match="lack columns"):
+        plausibility.criterion_table(checks.drop(columns=["status"]), ("baseline",))

@@ -90,7 +90,11 @@ def save_plausibility_table(df: pd.DataFrame, out_dir, name: str) -> dict:
     with atomic_path(csv_path) as tmp:
         df.to_csv(tmp, float_format="%.2f")
     arms = _arms_of(df)
-    header = ["class"] + [h for a in arms for h in (f"{a} (%)", f"{a} 95 % CI", f"{a} n")]
+    # Measures that leave a class unscored (the morphometry's non-discriminating regions) say why.
+    reasons = "reason" in df.columns and df["reason"].fillna("").astype(str).str.len().gt(0).any()
+    paper = [c for c in df.columns if str(c).startswith("expert ")]  # literature values, a different instrument
+    header = (["class"] + [h for a in arms for h in (f"{a} (%)", f"{a} 95 % CI", f"{a} n")] + paper
+              + (["not scored"] if reasons else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cls, row in df.iterrows():
         cells = [str(cls)]
@@ -98,6 +102,9 @@ def save_plausibility_table(df: pd.DataFrame, out_dir, name: str) -> dict:
             pct, lo, hi = row[f"{a} %"], row[f"{a} CI low"], row[f"{a} CI high"]
             cells += ["-" if pd.isna(pct) else f"{pct:.1f}",
                       "-" if pd.isna(lo) else f"[{lo:.1f}, {hi:.1f}]", str(int(row[f"{a} n"]))]
+        cells += ["-" if pd.isna(row[c]) else f"{row[c]:g}" for c in paper]
+        if reasons:
+            cells.append(str(row["reason"] or "") if pd.notna(row["reason"]) else "")
         lines.append("| " + " | ".join(cells) + " |")
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return {"csv": csv_path, "markdown": md_path}
