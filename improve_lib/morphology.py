@@ -85,6 +85,7 @@ from .errors import StudyInputError
 __all__ = [
     "CRITERIA",
     "MARGINS",
+    "count_lobes",
     "measure",
     "noise_sd",
     "tolerance_bands",
@@ -258,11 +259,10 @@ def _fit_circle(mask: np.ndarray, cx: float, cy: float):
     return cx, cy, radius
 
 
-def _lobes(nuc: np.ndarray, min_frac: float = 0.06) -> int:
-    """Most components (each >= ``min_frac`` of the nucleus) seen while eroding the nucleus away.
-
-    Erosion by k steps of the 4-neighbour cross keeps the pixels whose city-block distance to the
-    background exceeds k, so one distance transform replaces the erosions.
+def count_lobes(nuc: np.ndarray, min_frac: float = 0.06) -> int:
+    """Most components (each >= ``min_frac`` of the nucleus) seen while eroding the nucleus away (also
+    :mod:`improve_lib.morphometry`'s lobe count). Erosion by k steps of the 4-neighbour cross keeps the
+    pixels whose city-block distance to the background exceeds k: one distance transform does them all.
     """
     rows, cols = np.nonzero(nuc.any(1))[0], np.nonzero(nuc.any(0))[0]
     if len(rows) == 0:
@@ -346,7 +346,7 @@ def measure(image, return_masks: bool = False) -> dict:
     out = {"resolution": res, "noise_sd": sd, "denoised": denoised, "cell_found": True,
            "cell_diameter_um": 2.0 * radius / px_per_um,
            "nucleus_fraction": float(nuc.sum()) / cell_area,
-           "n_lobes": _lobes(shape_mask),
+           "n_lobes": count_lobes(shape_mask),
            "nucleus_solidity": _solidity(shape_mask),
            "nucleus_elongation": _elongation(shape_mask),
            "dark_fraction": float(dark.sum()) / cell_area,

@@ -106,6 +106,7 @@ from skimage import measure as skmeasure  # `measure` is this module's own publi
 
 from .data.images import center_crop_resize, open_rgb
 from .errors import StudyInputError
+from .morphology import count_lobes
 
 DATASETS = ("bone_marrow", "ham10000")
 
@@ -237,21 +238,6 @@ def _not_found(dataset: str) -> dict:
 # bone marrow
 
 
-def _count_lobes(nucleus: np.ndarray) -> int:
-    """Most pieces of >= 5 % of the nucleus seen while eroding it away: a lobed nucleus falls apart
-    at its waists before its lobes vanish; a round one shrinks as one piece."""
-    area = int(nucleus.sum())
-    min_piece = max(2, int(math.ceil(0.05 * area)))
-    footprint = morphology.disk(1)
-    current, best = nucleus, 0
-    while current.any():
-        labels = skmeasure.label(current)
-        sizes = np.bincount(labels.ravel())[1:]
-        best = max(best, int((sizes >= min_piece).sum()))
-        current = morphology.erosion(current, footprint)
-    return max(best, 1)
-
-
 def _glcm_texture(stain: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Haralick GLCM contrast and homogeneity of ``stain`` inside ``mask``.
 
@@ -361,7 +347,7 @@ def _measure_bone_marrow(rgb: np.ndarray) -> tuple[dict, dict]:
         "nc_ratio": n_nucleus / n_cell,
         "nucleus_solidity": float(props.solidity),
         "nucleus_eccentricity": float(props.eccentricity),
-        "nucleus_lobes": float(_count_lobes(nucleus)),
+        "nucleus_lobes": float(count_lobes(nucleus, min_frac=0.05)),
         "cytoplasm_hematoxylin": float(np.median(stains[..., 0][cytoplasm])),
         "cytoplasm_eosin": float(np.median(stains[..., 1][cytoplasm])),
         "chromatin_contrast": contrast,
