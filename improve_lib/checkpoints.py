@@ -16,7 +16,6 @@ import errno
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +83,9 @@ def mark_incomplete(path: Path) -> None:
 
 def mark_complete(path: Path, step: int, resume_config: dict[str, Any], model_config: dict[str, Any]) -> None:
     """Write ``training_state.json`` last: from now on the folder is a complete checkpoint."""
+    # No wall-clock time in here: a rerun must reproduce the checkpoint byte for byte (manifest outputs).
     atomic_write_json(Path(path) / STATE_FILE, {"format": STATE_FORMAT, "step": int(step),
-                                                "resume_config": resume_config, "model_config": model_config,
-                                                "saved": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                                                "resume_config": resume_config, "model_config": model_config})
 
 
 def prune(out_dir, keep: int, current: int) -> None:

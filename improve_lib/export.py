@@ -186,7 +186,7 @@ Classes (`class_labels`; the null, unconditional row of the class table is {inde
   std `{index['input_std']}` before the UNet; the pipeline undoes it.
 - Weights: `unet/` holds the {'EMA' if index['weights'] == 'ema' else 'raw training'} weights
   {f'(the raw ones: `variant="{models.RAW_VARIANT}"`)' if index['weights'] == 'ema' else ''}. `train_config.yaml` is the full training
-  configuration, `training_summary.json` the run's steps, time and weight hashes.
+  configuration, `training_summary.json` the run's steps and weight hashes.
 
 ## Limitations
 

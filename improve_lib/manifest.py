@@ -4,9 +4,16 @@ The runner starts the manifest; notebooks add what they read (:func:`record_inpu
 facts (:func:`record_facts`); after each notebook the runner hashes every file the run folder holds
 (:func:`refresh_outputs`). Writes are atomic, and only one process writes at a time (the runner
 between notebooks, or the notebook's kernel while it runs).
+
+Hashes fall in two groups. ``outputs``: what the run computed (splits, embeddings, weights, samples,
+tables, figures), which a rerun with the same parameters and seed reproduces byte for byte on CPU.
+``records`` (:data:`RECORD_PATTERNS`): how this execution went (the executed notebooks with their
+timestamps and printed progress, training wall times, when reviewers registered), hashed so that they cannot be edited
+unnoticed, but different on every execution by nature.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import platform
 import subprocess
@@ -26,6 +33,13 @@ PACKAGES = ("improve-study", "torch", "torchvision", "numpy", "pandas", "scikit-
 # Large or volatile files are hashed by size+mtime only when listed here would cost minutes; we
 # hash everything but skip temporary files of atomic writes.
 _SKIP_SUFFIXES = (".tmp",)
+#: Run-relative paths (fnmatch) of the files that record an execution rather than its results.
+RECORD_PATTERNS = ("notebooks/*.ipynb", "models/*/training_time.json", "review/reviewers.json")
+
+
+def is_record(rel: str) -> bool:
+    """Whether the run-relative path ``rel`` is a record of the execution (module docstring)."""
+    return any(fnmatch.fnmatchcase(rel, pattern) for pattern in RECORD_PATTERNS)
 
 
 def git_state(repo: Path | None = None) -> dict[str, Any]:
@@ -57,7 +71,7 @@ def load(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / MANIFEST
     if path.is_file():
         return json.loads(path.read_text())
-    return {"inputs": {}, "outputs": {}, "stages": {}, "facts": {}}
+    return {"inputs": {}, "outputs": {}, "records": {}, "stages": {}, "facts": {}}
 
 
 def save(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
@@ -80,7 +94,7 @@ def foreign_files(run_dir: str | Path) -> list[str]:
     if m.get("written_by") != WRITTEN_BY:
         raise StudyInputError(f"{run_dir} is not a run folder of this project (its {MANIFEST} does not say "
                               f"written_by: {WRITTEN_BY!r}); --force deletes only run folders: choose another --run-dir")
-    known = set(m.get("outputs", {})) | {MANIFEST, "params.yaml"}
+    known = set(m.get("outputs", {})) | set(m.get("records", {})) | {MANIFEST, "params.yaml"}
     return sorted(rel for rel in (_rel(p, run_dir) for p in run_dir.rglob("*") if p.is_file())
                   if rel not in known and rel.split("/")[0] not in RUN_FOLDERS and not rel.endswith(_SKIP_SUFFIXES))
 
@@ -141,7 +155,8 @@ def record_stage(run_dir: str | Path, notebook: str, status: str, seconds: float
 
 
 def refresh_outputs(run_dir: str | Path, stage: str | None = None) -> int:
-    """Hash every file in the run folder except the manifest (re-hashing only changed files).
+    """Hash every file in the run folder except the manifest (re-hashing only changed files), into
+    ``outputs`` or, for :data:`RECORD_PATTERNS`, ``records``.
 
     With ``stage`` (the notebook that just ran), files that are new or changed since the last refresh
     are attributed to it in ``output_stages`` (file -> every stage that wrote it), which is what lets a
@@ -149,7 +164,7 @@ def refresh_outputs(run_dir: str | Path, stage: str | None = None) -> int:
     """
     run_dir = Path(run_dir)
     m = load(run_dir)
-    old = m.get("outputs", {})
+    old = {**m.get("outputs", {}), **m.get("records", {})}
     written_by = m.get("output_stages", {})
     stats = m.get("_output_stats", {})
     outputs, new_stats = {}, {}
@@ -165,7 +180,9 @@ def refresh_outputs(run_dir: str | Path, stage: str | None = None) -> int:
             stages = written_by.setdefault(key, [])
             if stage not in stages:
                 stages.append(stage)
-    m["outputs"], m["_output_stats"] = outputs, new_stats
+    m["outputs"] = {k: v for k, v in outputs.items() if not is_record(k)}
+    m["records"] = {k: v for k, v in outputs.items() if is_record(k)}
+    m["_output_stats"] = new_stats
     m["output_stages"] = {k: v for k, v in written_by.items() if k in outputs}
     save(run_dir, m)
     return len(outputs)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -161,10 +162,19 @@ def cell_timeout() -> float | None:
     return value if value > 0 else None
 
 
-def kernel_config() -> Config:
+def kernel_config(socket_dir: str | Path | None = None) -> Config:
     """Kernels talk to the runner over local Unix sockets (IPC) where the system has them: the kernel is on
-    this machine, so TCP only opened ports and made every kernel warn that its traffic is unencrypted."""
-    return Config({"KernelManager": {"transport": "ipc"}}) if os.name == "posix" else Config()
+    this machine, so TCP only opened ports and made every kernel warn that its traffic is unencrypted.
+
+    The sockets go into ``socket_dir`` (one folder per kernel): by default jupyter_client names them
+    ``kernel-ipc-1``, ``-2``, ... in the working folder, and two runs started at once from the same
+    notebooks folder took the same names and read each other's messages ("Invalid Signature")."""
+    if os.name != "posix":
+        return Config()
+    settings = {"transport": "ipc"}
+    if socket_dir is not None:
+        settings["ip"] = str(Path(socket_dir) / "kernel")
+    return Config({"KernelManager": settings})
 
 
 def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], progress: bool = True) -> Path:
@@ -172,10 +182,12 @@ def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], prog
     a cell running past :func:`cell_timeout` or a kernel that died raises :class:`StudyRunError` naming
     the notebook, the cell and the executed copy."""
     limit = cell_timeout()
+    # A short path of its own for this kernel's sockets (Unix socket paths are limited to about 100 bytes).
+    sockets = tempfile.TemporaryDirectory(prefix="improve-kernel-", dir="/tmp" if os.path.isdir("/tmp") else None)
     try:
         papermill.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=KERNEL,
                                    cwd=str(notebook.parent), progress_bar=progress, log_output=False,
-                                   execution_timeout=limit, config=kernel_config())
+                                   execution_timeout=limit, config=kernel_config(sockets.name))
     except papermill.PapermillExecutionError as exc:
         raise StudyRunError(
             f"notebook {notebook.name} failed in {_cell_in(out, failed=True)} with {exc.ename}: {exc.evalue}\n"
@@ -189,6 +201,8 @@ def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], prog
     except DeadKernelError as exc:
         raise StudyRunError(f"notebook {notebook.name}: the kernel died in {_cell_in(out, failed=False)} ({exc}); "
                             f"executed copy up to that cell: {out}") from None
+    finally:
+        sockets.cleanup()
     return out
 
 

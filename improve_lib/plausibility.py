@@ -89,21 +89,12 @@ def objective_plausibility_table(run_dir, arms: Sequence[str], return_checks: bo
     ``mean`` row (layout of :func:`improve_lib.review.tables.plausibility_table`). Class folders must be
     synthetic-cell classes. ``return_checks=True`` returns ``(table, per-image checks)``.
     """
-    run_dir = Path(run_dir)
+    files = generated_files(run_dir, arms)
     frames = []
-    for arm in arms:
-        arm_dir = run_dir / "samples" / arm
-        if not arm_dir.is_dir():
-            raise StudyInputError(f"morphology: no samples for arm {arm!r}: {arm_dir} does not exist")
-        for class_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()):
-            files = sorted(class_dir.glob("*.png"))
-            if not files:
-                continue
-            checked = check_images(files, class_dir.name)
-            checked.insert(0, "arm", arm)
-            frames.append(checked)
-    if not frames:
-        raise StudyInputError(f"morphology: no PNG samples under {run_dir / 'samples'} for arms {list(arms)}")
+    for (arm, cls), rows in files.groupby(["arm", "intended_class"], sort=False):
+        checked = check_images(list(rows["path"]), cls)
+        checked.insert(0, "arm", arm)
+        frames.append(checked)
     checks = pd.concat(frames, ignore_index=True)
     present = set(checks["intended_class"])
     table = tabulate_plausibility(checks, list(arms), [c for c in CLASSES if c in present])
@@ -246,15 +237,11 @@ def robustness_figure(curves: pd.DataFrame, title: str = "Objective checker unde
 
 # ---- the real datasets: morphometric regions learnt from real images -------------------------------
 
-def _split_paths(run_dir: Path, rows: pd.DataFrame) -> list[Path]:
-    paths = []
-    for path in rows["path"]:
-        p = Path(path)
-        paths.append(p if p.is_absolute() or p.exists() else run_dir / p)  # run-relative paths
-    return paths
-
-
-def _generated(run_dir: Path, arms: Sequence[str]) -> pd.DataFrame:
+def generated_files(run_dir, arms: Sequence[str]) -> pd.DataFrame:
+    """Every generated image of ``arms``: ``samples/<arm>/<class>/*.png`` as rows ``arm, intended_class,
+    path`` (class folders in name order; empty ones skipped). A missing arm folder, or no image at all,
+    is an error naming the folder."""
+    run_dir = Path(run_dir)
     rows = []
     for arm in arms:
         arm_dir = run_dir / "samples" / arm
@@ -289,10 +276,10 @@ def morphometry_calibration(run_dir, dataset: str, resolution: int, coverage: fl
     if test.empty:
         raise StudyInputError(f"{run_dir / data.SPLIT_CSV} has no test images: the morphometric regions cannot "
                               "be calibrated (N_TEST must be >= 1)")
-    real_train = morphometry.measure_many(_split_paths(run_dir, train), dataset, resolution=resolution,
+    real_train = morphometry.measure_many(data.split_paths(run_dir, train), dataset, resolution=resolution,
                                           progress=progress)
     regions = plausible_regions.fit_regions(real_train, list(train["class_name"]), dataset, coverage=coverage, seed=seed)
-    real_test = morphometry.measure_many(_split_paths(run_dir, test), dataset, resolution=resolution,
+    real_test = morphometry.measure_many(data.split_paths(run_dir, test), dataset, resolution=resolution,
                                          progress=progress)
     calibration = plausible_regions.calibration_table(regions, real_test, list(test["class_name"]))
     return {"dataset": dataset, "regions": regions, "calibration": calibration,
@@ -313,7 +300,7 @@ def morphometry_score(run_dir, calibrated: dict, arms: Sequence[str], progress: 
     """
     run_dir = Path(run_dir)
     dataset, regions, real = calibrated["dataset"], calibrated["regions"], calibrated["real_train"]
-    generated = _generated(run_dir, arms)
+    generated = generated_files(run_dir, arms)
     unknown = sorted(set(generated["intended_class"]) - set(real["class_name"]))
     if unknown:
         raise StudyInputError(f"objective plausibility: sample folders {unknown} under {run_dir / 'samples'} are not "
@@ -321,7 +308,7 @@ def morphometry_score(run_dir, calibrated: dict, arms: Sequence[str], progress: 
     feats = morphometry.measure_many(generated["path"], dataset, progress=progress).reset_index(drop=True)
     classes = list(generated["intended_class"])
     table = plausible_regions.plausibility_table(regions, feats, classes, list(generated["arm"]),
-                                           calibration=calibrated["calibration"])
+                                                 calibration=calibrated["calibration"])
     scored_classes = set(table.index[table["reason"] == ""]) - {"mean"}
     checks = pd.concat([generated.assign(path=generated["path"].astype(str),
                                          scored=generated["intended_class"].isin(scored_classes)).reset_index(drop=True),

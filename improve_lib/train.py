@@ -6,15 +6,13 @@ parameters cell into ``RUN_DIR/models/<ARM>/config.yaml``; a missing key is an e
 Everything a run writes lives under ``RUN_DIR/models/<ARM_NAME>/``::
 
     checkpoint-<step>/     accelerator.save_state + training_state.json (written last = complete)
-    loss.csv               step, loss, lr (one row per optimizer step)
-    loss.png               the loss curve
+    loss.csv, loss.png     step, loss, lr (one row per optimizer step); the loss curve
+    training_time.json     this session's wall time and steps/s (a record: differs on every execution)
     samples/step-<n>.png   fixed-seed preview grids (EMA weights; one row per class)
     class_table.safetensors  the table the run started from (rows 0..C-1), for the record
-    final/                 save_pretrained (raw weights), ema/ (EMA weights), scheduler/,
-                           class_names.json, train_config.yaml, training_summary.json
+    final/                 the diffusers pipeline folder (see improve_lib.export), training_summary.json
 
-The objective is :mod:`improve_lib.objective`'s; the class label is replaced by the null row ``C`` with
-probability ``P_UNCOND`` (classifier-free guidance).
+The objective is :mod:`improve_lib.objective`'s; the label becomes the null row ``C`` with probability ``P_UNCOND``.
 
 Exact kill-and-resume: nothing random depends on a dataloader or on the global RNG state. Each step's
 timesteps, noise, condition-dropout mask, flips and dropout seed are drawn from generators seeded by
@@ -31,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, data, export, models, objective, plots, processes, prototypes, sample
 from .errors import StudyInputError
-from .io import save_safetensors
+from .io import atomic_write_json, save_safetensors
 from .loss_log import LossLog, TrainingDivergedError
 from .parameters import as_bool, as_float, as_int, one_of, require
 
@@ -248,6 +247,9 @@ class TrainingRun:
         cfg, bsz, res = self.cfg, self.cfg["BATCH_SIZE"], self.mcfg["RESOLUTION"]
         g = torch.Generator().manual_seed(_seed(cfg["SEED"], self.rank, step, 0))
         torch.manual_seed(_seed(cfg["SEED"], self.rank, step, 1))  # dropout masks, also a function of the step
+        # Unused here, but checkpoints save their state: seeded by the step, a rerun writes the same bytes.
+        random.seed(_seed(cfg["SEED"], self.rank, step, 3))
+        np.random.seed(_seed(cfg["SEED"], self.rank, step, 4) % 2**32)
         idx = self.batches(step, self.rank, bsz, self.world).to(self.device)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,), generator=g).to(self.device)
         noise = torch.randn((bsz, 3, res, res), generator=g).to(self.device)
@@ -315,24 +317,24 @@ class TrainingRun:
         self.preview(step)
         hashes = gather_object([models.state_dict_sha256(self.unwrapped)])
         step_seconds = seconds - self.io_seconds
-        summary = {"steps": step, "total_steps": self.total, "world_size": self.world,
-                   "resumed_from": self.resumed_from, "steps_this_session": step - self.first_step,
-                   "seconds_this_session": round(seconds, 3),
-                   "checkpoint_and_preview_seconds": round(self.io_seconds, 3),
-                   # optimizer steps per second, checkpoints and previews excluded
-                   "steps_per_second": (round((step - self.first_step) / step_seconds, 4)
-                                        if step_seconds > 0 and step > self.first_step else None),
-                   "rank_weight_sha256": hashes, "wall_seconds": round(time.time() - self.started, 3)}
+        summary = {"steps": step, "total_steps": self.total, "world_size": self.world, "resumed_from": self.resumed_from,
+                   "steps_this_session": step - self.first_step, "rank_weight_sha256": hashes}
+        # Wall times differ on every run: a record beside final/, whose files a rerun reproduces byte for byte.
+        timing = {"seconds_this_session": round(seconds, 3), "checkpoint_and_preview_seconds": round(self.io_seconds, 3),
+                  "steps_per_second": (round((step - self.first_step) / step_seconds, 4)  # checkpoints excluded
+                                       if step_seconds > 0 and step > self.first_step else None),
+                  "wall_seconds": round(time.time() - self.started, 3)}
         if len(set(hashes)) != 1:
             raise RuntimeError(f"final weights differ across ranks: {hashes}")
         if self.main:
             export.write_final(self.out_dir / "final", self.unwrapped, self.ema, self.scheduler, self.cfg,
                                self.class_names, summary, self.out_dir / "class_table.safetensors")
+            atomic_write_json(self.out_dir / "training_time.json", timing)
             plots.save_loss_curve(self.log.path, self.out_dir / "loss.png", self.cfg["ARM_NAME"])
             print(f"trained {self.cfg['ARM_NAME']}: {step} steps -> {self.out_dir / 'final'}", flush=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
-        return summary
+        return {**summary, **timing}
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -341,9 +343,8 @@ def train(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
     """Train one arm to completion (resuming from its latest complete checkpoint) and export it.
 
     ``config`` is a complete training config (a dict or a YAML path; see :func:`resolve_config`). Prints
-    ``world_size=<n>`` first. Returns the training summary (also written to
-    ``final/training_summary.json``): steps, world size, seconds, steps/s and the sha256 of the final
-    weights on every rank (they must be identical).
+    ``world_size=<n>`` first. Returns the training summary (``final/training_summary.json``: steps, world
+    size, sha256 of the final weights on every rank, which must agree) and ``training_time.json``'s times.
     """
     cfg = resolve_config(config)
     try:

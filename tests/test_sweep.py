@@ -187,7 +187,7 @@ def test_sweep_shares_upstream_skips_complete_and_continues_past_failure(tiny_no
     assert "reused_from" not in m["stages"]["02_second.ipynb"]
     assert m["sweep"] == {"folder": str(sw.resolve()), "point": {"GAMMA": 2.0}, "seed": 1, "profile": "smoke",
                           "dataset": "synthetic", "data_dir": None, "sets": {}}
-    assert "notebooks/01_first.ipynb" in m["outputs"] and "a.txt" in m["outputs"]
+    assert "notebooks/01_first.ipynb" in m["records"] and "a.txt" in m["outputs"]
     # copied files point at their own run folder, not the donor's
     own = (sw / "gamma_2-seed1").resolve()
     assert (sw / "gamma_2-seed1" / "paths.csv").read_text().splitlines()[1] == str(own / "a.txt")

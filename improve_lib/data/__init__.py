@@ -28,7 +28,7 @@ SPLIT_CSV = Path("data") / "split.csv"
 __all__ = [
     "DATASETS", "SplitResult", "build_split", "check_source", "write_split", "read_split",
     "class_names_of", "load_image", "load_images", "open_rgb", "center_crop_resize", "verify_images",
-    "ImageTableDataset", "SPLIT_COLUMNS", "training_images", "synthetic_cells",
+    "ImageTableDataset", "SPLIT_COLUMNS", "split_paths", "training_images", "synthetic_cells",
 ]
 
 
@@ -155,6 +155,16 @@ def class_names_of(table: pd.DataFrame) -> list[str]:
     return list(pairs["class_name"])
 
 
+def split_paths(run_dir: str | Path, rows: pd.DataFrame) -> list[Path]:
+    """The image files of split rows: absolute paths as they are, relative ones that do not exist from
+    the working folder taken inside ``run_dir`` (the synthetic and MedMNIST images live in the run)."""
+    out = []
+    for path in rows["path"]:
+        p = Path(path)
+        out.append(p if p.is_absolute() or p.exists() else Path(run_dir) / p)
+    return out
+
+
 def training_images(run_dir: str | Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     """All training images of a run as one uint8 tensor ``[N, 3, R, R]`` (the datasets are small: 1600
     images at 64 px are 20 MB), their labels, the class names and a sha256 of the training rows."""
@@ -168,10 +178,7 @@ def training_images(run_dir: str | Path, resolution: int) -> tuple[torch.Tensor,
     if missing:
         raise StudyInputError(f"{run_dir / SPLIT_CSV}: class(es) {missing} have no training images")
     images, labels, digest = [], [], hashlib.sha256()
-    for path, label in zip(train_rows["path"], train_rows["label"]):
-        p = Path(path)
-        if not p.is_absolute() and not p.exists():
-            p = run_dir / p  # paths inside the run folder may be stored relative to it
+    for path, p, label in zip(train_rows["path"], split_paths(run_dir, train_rows), train_rows["label"]):
         images.append(load_image(p, resolution).mul(255).round().to(torch.uint8))
         labels.append(int(label))
         digest.update(f"{path},{label}\n".encode())

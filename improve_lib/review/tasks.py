@@ -190,7 +190,7 @@ def build_review_tasks(run_dir, arms: Sequence[str], seed: int, n_per_class: int
     with atomic_path(tasks_path) as tmp:
         tasks.to_csv(tmp, index=False)
     atomic_write_json(_review_dir(run_dir) / "blinding.json", {
-        "seed": int(seed), "created": now(), "n": len(tasks), "arms": list(arms), "n_per_class": n_per_class,
+        "seed": int(seed), "n": len(tasks), "arms": list(arms), "n_per_class": n_per_class,
         "classes": sorted(tasks["intended_class"].unique()),
     })
     return tasks
