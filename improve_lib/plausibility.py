@@ -102,10 +102,11 @@ def objective_plausibility_table(run_dir, arms: Sequence[str], return_checks: bo
 
 
 def criterion_table(checks: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
-    """Which rule failed: per class and arm, % of images passing each criterion, % plausible and %
-    with no cell found, from :func:`check_images` rows (with an ``arm`` column). Rows: (class, arm)
-    in :data:`CLASSES` order then a ``mean`` class; columns: ``n``, ``no cell found %``, one
-    ``<criterion> %`` per :data:`~improve_lib.morphology.CRITERIA` and ``plausible %``."""
+    """Which rule failed: per class and arm, % with no cell found, % of the found cells passing each
+    criterion (a missing cell is its own failure, not one of every rule) and % plausible of all images,
+    from :func:`check_images` rows (with an ``arm`` column). Rows: (class, arm) in :data:`CLASSES` order
+    then a ``mean`` class; columns: ``n``, ``no cell found %``, one ``<criterion> %`` per
+    :data:`~improve_lib.morphology.CRITERIA` and ``plausible %``."""
     missing = {"arm", "intended_class", "status", "plausible"} | {f"ok_{c}" for c in CRITERIA}
     missing -= set(checks.columns)
     if missing:
@@ -121,7 +122,9 @@ def criterion_table(checks: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
                 continue
             row = {"class": cls, "arm": arm, "n": len(sub),
                    "no cell found %": 100.0 * float((sub["status"] == "no cell found").mean())}
-            row.update({f"{c} %": 100.0 * float(sub[f"ok_{c}"].mean()) for c in CRITERIA})
+            cells = sub[sub["status"] != "no cell found"]
+            row.update({f"{c} %": 100.0 * float(cells[f"ok_{c}"].mean()) if len(cells) else float("nan")
+                        for c in CRITERIA})
             row["plausible %"] = 100.0 * float(sub["plausible"].mean())
             rows.append(row)
     return pd.DataFrame(rows).set_index(["class", "arm"])
@@ -248,10 +251,12 @@ def generated_files(run_dir, arms: Sequence[str]) -> pd.DataFrame:
         if not arm_dir.is_dir():
             raise StudyInputError(f"objective plausibility: no samples for arm {arm!r}: {arm_dir} does not exist "
                                   "(run notebook 05_sample first)")
-        for class_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()):
-            rows += [{"arm": arm, "intended_class": class_dir.name, "path": f} for f in sorted(class_dir.glob("*.png"))]
-    if not rows:
-        raise StudyInputError(f"objective plausibility: no PNG samples under {run_dir / 'samples'} for arms {list(arms)}")
+        found = [{"arm": arm, "intended_class": class_dir.name, "path": f}
+                 for class_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()) for f in sorted(class_dir.glob("*.png"))]
+        if not found:
+            raise StudyInputError(f"objective plausibility: no PNG samples under {arm_dir} (arm {arm!r}; "
+                                  "run notebook 05_sample first)")
+        rows += found
     return pd.DataFrame(rows)
 
 
@@ -266,9 +271,9 @@ def morphometry_calibration(run_dir, dataset: str, resolution: int, coverage: fl
     2. Its held-out real **test** images calibrate it: own-class and other-class pass rates and
        whether each region discriminates (:func:`~improve_lib.plausible_regions.calibration_table`).
 
-    Returns ``dataset``, ``regions`` (:class:`~improve_lib.plausible_regions.Regions`), ``calibration``,
-    ``real_train`` (features, with a ``class_name`` column) and ``discriminates`` (False when no
-    class's region tells its real images from the others': then nothing may be scored).
+    Returns ``dataset``, ``resolution``, ``regions`` (:class:`~improve_lib.plausible_regions.Regions`),
+    ``calibration``, ``real_train`` (features, with a ``class_name`` column) and ``discriminates``
+    (False when no class's region tells its real images from the others': then nothing may be scored).
     """
     run_dir = Path(run_dir)
     split = data.read_split(run_dir)
@@ -282,7 +287,7 @@ def morphometry_calibration(run_dir, dataset: str, resolution: int, coverage: fl
     real_test = morphometry.measure_many(data.split_paths(run_dir, test), dataset, resolution=resolution,
                                          progress=progress)
     calibration = plausible_regions.calibration_table(regions, real_test, list(test["class_name"]))
-    return {"dataset": dataset, "regions": regions, "calibration": calibration,
+    return {"dataset": dataset, "resolution": int(resolution), "regions": regions, "calibration": calibration,
             "real_train": real_train.assign(class_name=list(train["class_name"])),
             "discriminates": bool(calibration.drop(index="mean", errors="ignore")["discriminates"].any())}
 
@@ -305,6 +310,14 @@ def morphometry_score(run_dir, calibrated: dict, arms: Sequence[str], progress: 
     if unknown:
         raise StudyInputError(f"objective plausibility: sample folders {unknown} under {run_dir / 'samples'} are not "
                               f"classes of this run's split ({sorted(set(real['class_name']))})")
+    # The regions hold for images of the resolution they were fitted at (lengths and areas are fractions
+    # of the side, but texture and thin structures are not): a sample of another size is an error.
+    side = calibrated["resolution"]
+    for path in generated["path"]:
+        with Image.open(path) as im:
+            if im.size != (side, side):
+                raise StudyInputError(f"objective plausibility: {path} is {im.size[0]}x{im.size[1]} px but the "
+                                      f"regions were fitted on {side}x{side} px real images (RESOLUTION={side})")
     feats = morphometry.measure_many(generated["path"], dataset, progress=progress).reset_index(drop=True)
     classes = list(generated["intended_class"])
     table = plausible_regions.plausibility_table(regions, feats, classes, list(generated["arm"]),

@@ -27,7 +27,7 @@ plausible and are counted apart.
 Measured on the development subsets (``results/morphometry/``, made by
 ``tools/morphometry_calibration.py``; per class 100 train / 50 held-out test images, the study's own
 split, seed 0, coverage 0.95, out of fold): own-class pass rates 82-98 %, other-class pass rates
-65-92 %. Bone Marrow: 4 of 8 classes discriminate at 32 px, 3 at 64 px; HAM10000: 6 of 7 at both
+65-92 %. Bone Marrow: 3 of 8 classes discriminate at 32 px and at 64 px; HAM10000: 6 of 7 at both
 (not vasc, whose region is wide). The regions are a coarse filter (clearly wrong morphology), not a
 classifier: read a generated class's pass rate against its real own-class and other-class rates.
 """
@@ -103,11 +103,9 @@ class Regions:
         """Mahalanobis distance of every row to class ``cls``'s region (NaN where not found)."""
         region = self._class(cls)
         values, usable = _feature_matrix(features, self.features, "features")
-        z = (values - self.center) / self.scale - region["mean"]
         out = np.full(len(values), np.nan)
         if usable.any():
-            zu = z[usable]
-            out[usable] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", zu, region["precision"], zu), 0.0))
+            out[usable] = _mahalanobis((values[usable] - self.center) / self.scale, region["mean"], region["precision"])
         return out
 
     def plausible(self, features: pd.DataFrame, classes: str | Sequence[str]) -> np.ndarray:
@@ -234,7 +232,7 @@ def calibration_table(regions: Regions, features: pd.DataFrame, labels: Sequence
     region, so the pooled "other" judgments are not independent and that p is optimistic).
     """
     labels = _labels(labels, len(features), "test labels")
-    found = (features["found"].to_numpy(dtype=bool) if "found" in features.columns
+    found = (features["found"].fillna(False).to_numpy(dtype=bool) if "found" in features.columns
              else np.ones(len(labels), dtype=bool))
     rows, own_k, own_n, oth_k, oth_n = {}, 0, 0, 0, 0
     for cls in regions.classes:
@@ -288,7 +286,7 @@ def plausibility_table(regions: Regions, features: pd.DataFrame, intended_classe
     if unknown:
         raise StudyInputError(f"morphometry: no plausible region for intended class(es) {', '.join(unknown)}; "
                               f"fitted classes are {', '.join(regions.classes)}")
-    found = (features["found"].to_numpy(dtype=bool) if "found" in features.columns
+    found = (features["found"].fillna(False).to_numpy(dtype=bool) if "found" in features.columns
              else np.isfinite(features.loc[:, list(regions.features)].to_numpy(float)).all(axis=1))
     frame = pd.DataFrame({"intended_class": classes, "arm": arm_of,
                           "plausible": regions.plausible(features, classes), "found": found})

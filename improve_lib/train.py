@@ -317,10 +317,10 @@ class TrainingRun:
         self.preview(step)
         hashes = gather_object([models.state_dict_sha256(self.unwrapped)])
         step_seconds = seconds - self.io_seconds
-        summary = {"steps": step, "total_steps": self.total, "world_size": self.world, "resumed_from": self.resumed_from,
-                   "steps_this_session": step - self.first_step, "rank_weight_sha256": hashes}
-        # Wall times differ on every run: a record beside final/, whose files a rerun reproduces byte for byte.
-        timing = {"seconds_this_session": round(seconds, 3), "checkpoint_and_preview_seconds": round(self.io_seconds, 3),
+        summary = {"steps": step, "total_steps": self.total, "world_size": self.world, "rank_weight_sha256": hashes}
+        # This session's facts (a resume, wall times): a record beside final/, whose files a rerun reproduces.
+        timing = {"resumed_from": self.resumed_from, "steps_this_session": step - self.first_step,
+                  "seconds_this_session": round(seconds, 3), "checkpoint_and_preview_seconds": round(self.io_seconds, 3),
                   "steps_per_second": (round((step - self.first_step) / step_seconds, 4)  # checkpoints excluded
                                        if step_seconds > 0 and step > self.first_step else None),
                   "wall_seconds": round(time.time() - self.started, 3)}

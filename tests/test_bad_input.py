@@ -113,19 +113,48 @@ def test_comments_that_a_spreadsheet_would_evaluate_are_text(tmp_path):
         tasks.append_judgment(run, "a" * 300, tid, True)
 
 
-def test_ham10000_gaps_are_named_before_the_run(tmp_path, ham_dir):
-    data_dir = tmp_path / "ham"
-    shutil.copytree(ham_dir, data_dir)
+def _blank_lesion_ids(data_dir):
     meta = pd.read_csv(data_dir / "HAM10000_metadata.csv", dtype=str)
     meta.loc[meta.index[:2], "lesion_id"] = None
     meta.to_csv(data_dir / "HAM10000_metadata.csv", index=False)
-    with pytest.raises(StudyInputError, match="2 row.*no lesion_id"):
-        pipeline.run_pipeline("smoke", dataset="ham10000", data_dir=data_dir, run_dir=tmp_path / "r1", progress=False)
-    shutil.copy(ham_dir / "HAM10000_metadata.csv", data_dir / "HAM10000_metadata.csv")
-    with pytest.raises(StudyInputError, match=r"no training image left after N_TEST=200"):
-        pipeline.run_pipeline("smoke", dataset="ham10000", data_dir=data_dir, run_dir=tmp_path / "r2",
-                              sets={"N_TEST": 200}, progress=False)
-    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    return "2 row.*no lesion_id"
+
+
+def _drop_dx_column(data_dir):
+    meta = pd.read_csv(data_dir / "HAM10000_metadata.csv", dtype=str)
+    meta.drop(columns="dx").to_csv(data_dir / "HAM10000_metadata.csv", index=False)
+    return "dx"
+
+
+def _truncate_an_image(data_dir):
+    meta = pd.read_csv(data_dir / "HAM10000_metadata.csv", dtype=str)
+    victim = next(p for p in sorted((data_dir / "images").glob("*.jpg")) if p.stem in set(meta["image_id"]))
+    victim.write_bytes(victim.read_bytes()[:400])
+    return victim.name
+
+
+# Broken data files, run through the runner into a new folder beside an earlier, finished run (as runs/
+# holds them): the error names the file, row or column at fault, no new folder is left, and the earlier
+# run is byte for byte as it was.
+@pytest.mark.parametrize("breakage,sets", [
+    (_blank_lesion_ids, {}),
+    (_drop_dx_column, {}),
+    (_truncate_an_image, {"N_TRAIN": 200, "N_TEST": 1}),  # every image is selected, so every image is read
+    (lambda d: r"no training image left after N_TEST=200", {"N_TEST": 200}),
+    (lambda d: "melanomaX", {"CLASSES": ["mel", "melanomaX"]}),
+])
+def test_bad_data_files_are_named_before_the_run_and_leave_earlier_runs_alone(tmp_path, ham_dir, finished_run,
+                                                                              breakage, sets):
+    data_dir = tmp_path / "ham"
+    shutil.copytree(ham_dir, data_dir)
+    match = breakage(data_dir)
+    before = _tree(finished_run)
+    new_run = finished_run.parent / "later"
+    with pytest.raises(StudyInputError, match=match):
+        pipeline.run_pipeline("smoke", dataset="ham10000", data_dir=data_dir, run_dir=new_run, sets=sets,
+                              progress=False)
+    assert not new_run.exists()
+    assert _tree(finished_run) == before
 
 
 def test_a_killed_training_does_not_block_a_rerun_with_other_upstream_parameters(smoke_synthetic_run, tmp_path):

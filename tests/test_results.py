@@ -30,3 +30,19 @@ def test_an_edited_number_is_caught(tmp_path):
         edited.write_text(edited.read_text().replace("4", "5", 1))
         with pytest.raises(StudyInputError, match="sha256 differs"):
             results.verify(copy)
+
+
+def test_demo_objective_tables_are_the_ones_its_run_wrote():
+    """results/demo_objective holds files copied from one run folder: each must hash to what that run's
+    manifest recorded for it (tables/ and figures/ there)."""
+    import json
+
+    from improve_lib.io import sha256_file
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "demo_objective"
+    outputs = json.loads((folder / "manifest.json").read_text())["outputs"]
+    copied = sorted(p.name for p in folder.iterdir() if p.name not in ("manifest.json", "README.md"))
+    assert {"objective_plausibility.csv", "objective_criteria.csv", "params.yaml"} <= set(copied)
+    for name in copied:
+        key = name if name == "params.yaml" else (f"figures/{name}" if name.endswith(".png") else f"tables/{name}")
+        assert sha256_file(folder / name) == outputs[key], f"{name} is not the file its run wrote"

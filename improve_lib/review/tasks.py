@@ -3,7 +3,7 @@
 Files, all under ``RUN_DIR/review/``::
 
     tasks.csv          task_id, image_path, intended_class, arm, position   (the unblinding key)
-    blinding.json      seed, created, n, arms, n_per_class, classes
+    blinding.json      seed, n, arms, n_per_class, classes
     criteria.json      dataset and criterion ids per criteria version used in this review
     reviewers.json     reviewer name -> created, display_name
     <reviewer>.csv     task_id, reviewer, plausible, failed_criteria, comment, timestamp, criteria_version
