@@ -99,13 +99,19 @@ def foreign_files(run_dir: str | Path) -> list[str]:
                   if rel not in known and rel.split("/")[0] not in RUN_FOLDERS and not rel.endswith(_SKIP_SUFFIXES))
 
 
+def provenance() -> dict[str, Any]:
+    """What made a result: ``git`` (:func:`git_state`) and ``packages`` (:func:`package_versions`); a run's
+    manifest and the measurement tools' records (``tools/``) carry it."""
+    return {"git": git_state(), "packages": package_versions()}
+
+
 def start(run_dir: str | Path, run_id: str, profile: str, params: dict[str, Any]) -> dict[str, Any]:
     """Create (or refresh, on resume) the run-level part of the manifest."""
     m = load(run_dir)
     m.update({
         "written_by": WRITTEN_BY,
         "run_id": run_id, "profile": profile, "seed": params.get("SEED"), "dataset": params.get("DATASET"),
-        "params": params, "git": git_state(), "packages": package_versions(),
+        "params": params, **provenance(),
         "python": sys.version.split()[0], "platform": platform.platform(),
         "started": m.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })

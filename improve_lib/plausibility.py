@@ -72,15 +72,29 @@ def validation_table(resolution: int, n_per_class: int, seed: int, classes: Iter
     tune the margins (0-11, 500 and 600 were).
     """
     classes = [c for c in CLASSES if c in set(classes)]
+    table, _ = _judged(_renders(classes, resolution, n_per_class, seed), classes)
+    return table * (100.0 / int(n_per_class))
+
+
+def _renders(classes: Sequence[str], resolution: int, n_per_class: int, seed: int) -> dict[str, list]:
+    """Fresh real renders per class, image ``i`` of class ``c`` drawn by :func:`image_rng` ``(seed, c, i)``."""
+    return {c: [render_cell(c, image_rng(seed, c, i), int(resolution))[0] for i in range(int(n_per_class))]
+            for c in classes}
+
+
+def _judged(images: dict[str, list], classes: Sequence[str]) -> tuple[pd.DataFrame, list[bool]]:
+    """Each image of each true class (rows) judged against every class (columns): the count judged
+    plausible per cell, and per image whether no cell was found at all."""
     table = pd.DataFrame(0.0, index=pd.Index(classes, name="true class"),
                          columns=pd.Index(classes, name="judged as"))
+    no_cell = []
     for true in classes:
-        for i in range(int(n_per_class)):
-            image, _ = render_cell(true, image_rng(seed, true, i), int(resolution))
+        for image in images[true]:
             m = measure(image)
+            no_cell.append(not m["cell_found"])
             for cls in classes:
                 table.loc[true, cls] += judge(m, cls)["plausible"]
-    return table * (100.0 / int(n_per_class))
+    return table, no_cell
 
 
 def objective_plausibility_table(run_dir, arms: Sequence[str], return_checks: bool = False):
@@ -169,27 +183,21 @@ def robustness_curves(resolution: int, n_per_class: int, seed: int,
     drawn from ``seed`` too, so the curves are reproducible. Use a seed not used for tuning (see
     :func:`validation_table`)."""
     perturbations = dict(PERTURBATIONS if perturbations is None else perturbations)
+    unknown = sorted(set(perturbations) - set(PERTURBATIONS))
+    if unknown:
+        raise StudyInputError(f"robustness_curves: unknown perturbation(s) {unknown}; expected {list(PERTURBATIONS)}")
     classes = [c for c in CLASSES if c in set(classes)]
     if len(classes) < 2:
         raise StudyInputError("robustness_curves needs at least two classes (other-class rates are the point)")
-    renders = {c: [render_cell(c, image_rng(seed, c, i), int(resolution))[0] for i in range(int(n_per_class))]
-               for c in classes}
+    renders = _renders(classes, resolution, n_per_class, seed)
     steps = [(k, lv) for k, levels in perturbations.items() for lv in levels]
     rows = []
     for kind, level in tqdm(steps, desc="robustness curves", disable=not progress):
-        rng = np.random.default_rng([int(seed), list(PERTURBATIONS).index(kind) if kind in PERTURBATIONS else 99,
-                                     int(round(float(level) * 100))])
-        own, no_cell = [], []
-        pair = pd.DataFrame(0.0, index=classes, columns=classes)
-        for true in classes:
-            for image in renders[true]:
-                m = measure(perturb(image, kind, level, rng))
-                no_cell.append(not m["cell_found"])
-                for cls in classes:
-                    pair.loc[true, cls] += judge(m, cls)["plausible"]
-            own.append(pair.loc[true, true])
+        rng = np.random.default_rng([int(seed), list(PERTURBATIONS).index(kind), int(round(float(level) * 100))])
+        perturbed = {c: [perturb(image, kind, level, rng) for image in renders[c]] for c in classes}
+        pair, no_cell = _judged(perturbed, classes)
         n = len(classes) * int(n_per_class)
-        k_own = int(sum(own))
+        k_own = int(np.trace(pair.to_numpy()))
         lo, hi = wilson_interval(k_own, n)
         off = pair.to_numpy()[~np.eye(len(classes), dtype=bool)]
         rows.append({"perturbation": kind, "level": level, "n": n, "own %": 100.0 * k_own / n,

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     record = {"command": "python tools/checker_robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "git": manifest.git_state(), "packages": manifest.package_versions(), "resolutions": {}}
+              **manifest.provenance(), "resolutions": {}}
     for res in args.resolution:
         started = time.perf_counter()
         curves = plausibility.robustness_curves(res, args.per_class, args.seed, progress=True)

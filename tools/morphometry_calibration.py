@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     record = {"command": "python tools/morphometry_calibration.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "git": manifest.git_state(), "packages": manifest.package_versions(), "resolutions": {}}
+              **manifest.provenance(), "resolutions": {}}
     for res in args.resolution:
         with tempfile.TemporaryDirectory() as scratch:
             split = data.build_split(args.dataset, args.data_dir, scratch, args.n_train, args.n_test, args.seed,
