@@ -167,8 +167,11 @@ def spec_from(preset: dict[str, Any] | None = None, **flags: Any) -> SweepSpec:
         if unknown:
             raise StudyInputError(f"--variants {unknown} are not variants of the preset; it has {list(variants)}")
         variants = {k: v for k, v in variants.items() if k in wanted}
-    if not grid and not variants:
-        raise StudyInputError("sweep: give at least one --grid KEY=v1,v2 (or a --preset with a grid or variants)")
+    # A sweep over seeds alone (no grid) is the study's replication; it must be asked for by --seeds, so
+    # that a forgotten --grid is not silently a one-run sweep. Its folder takes more seeds later.
+    if not grid and not variants and flags.get("seeds") is None and "seeds" not in preset:
+        raise StudyInputError("sweep: give at least one --grid KEY=v1,v2 (or a --preset with a grid or variants), "
+                              "or --seeds for a sweep over seeds alone")
     pick = lambda k, pk: flags.get(k) if flags.get(k) is not None else preset.get(pk)  # noqa: E731
     return SweepSpec(profile=profile, grid=grid, seeds=parse_seeds(seeds), dataset=pick("dataset", "dataset"),
                      data_dir=pick("data_dir", "data_dir"), sets=sets,

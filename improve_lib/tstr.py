@@ -144,10 +144,12 @@ def check_budget(arch: str, epochs: int, batch_size: int, lr: float, n_boot: int
         raise StudyInputError("TSTR classifier: " + "; ".join(bad))
 
 
-def build_classifier(arch: str, num_classes: int, resolution: int, weights_path=None) -> TSTRClassifier:
+def build_classifier(arch: str, num_classes: int, resolution: int, weights_path=None,
+                     input_size: int = PRETRAINED_INPUT) -> TSTRClassifier:
     """The TSTR classifier for ``arch`` (one of ``ARCHS``) with a ``num_classes`` head, adapted to
     ``resolution`` px inputs (small stem at <= 32 px, see module docstring), optionally initialised
-    from a local backbone state dict ``weights_path`` (all keys but ``fc.*`` must match)."""
+    from a local backbone state dict ``weights_path`` (all keys but ``fc.*`` must match).
+    ``efficientnet_lite0`` upsamples its inputs to ``input_size`` px (at least ``resolution``)."""
     if arch not in ARCHS:
         raise StudyInputError(f"arch={arch!r}: expected one of {ARCHS}")
     if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 2):
@@ -157,7 +159,7 @@ def build_classifier(arch: str, num_classes: int, resolution: int, weights_path=
             raise StudyInputError("CLASSIFIER_WEIGHTS: efficientnet_lite0 always starts from its packaged ImageNet "
                                   "weights; leave CLASSIFIER_WEIGHTS None")
         return TSTRClassifier(_LiteNet(int(num_classes)), arch, int(num_classes), int(resolution),
-                              input_size=max(int(resolution), PRETRAINED_INPUT))
+                              input_size=max(int(resolution), int(input_size)))
     if arch == "small_cnn":
         net = SmallCNN(int(num_classes))
     else:
@@ -194,19 +196,20 @@ def _default_device(device) -> torch.device:
 
 
 def train_classifier(images, labels, num_classes: int, *, arch: str, epochs: int, batch_size: int, lr: float,
-                     seed: int, weights_path=None, progress: bool = True, device=None) -> TSTRClassifier:
+                     seed: int, weights_path=None, progress: bool = True, device=None,
+                     input_size: int = PRETRAINED_INPUT) -> TSTRClassifier:
     """Train a TSTR classifier on ``images`` [N, 3, R, R] float in [0, 1] with int ``labels`` [N] in
     0..num_classes-1: AdamW (weight decay ``WEIGHT_DECAY``), per-step cosine schedule, cross entropy,
     ``augment_batch`` on every batch. Deterministic for ``seed`` on CPU. ``device`` defaults to CUDA
-    when available. Returns the model in eval mode; ``model.history`` holds per-epoch mean loss and
-    seconds."""
+    when available. ``input_size``: see :func:`build_classifier`. Returns the model in eval mode;
+    ``model.history`` holds per-epoch mean loss and seconds."""
     x = arrays.images(images, "train images")
     y = torch.as_tensor(arrays.labels(labels, x.shape[0], num_classes, "train labels"))
     check_budget(arch, epochs, batch_size, lr)
     dev = _default_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_classifier(arch, num_classes, x.shape[-1], weights_path)
+        model = build_classifier(arch, num_classes, x.shape[-1], weights_path, input_size)
     model.to(dev).train()
     x, y = x.to(dev), y.to(dev)
     gen = torch.Generator().manual_seed(seed)
