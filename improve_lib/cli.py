@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import results, sweep
+from . import checkpoint_export, results, sweep
 from .review import label_studio_server
 from .errors import StudyInputError
 from .parameters import parse_sets
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir", help="e.g. results/recipe_ablation")
     e.add_argument("--command", dest="made_by", required=True, help="the command that made the sweep, written to COMMAND.md")
 
+    x = sub.add_parser("export", help="export a training checkpoint as a diffusers pipeline folder (final/'s layout)")
+    x.add_argument("run_dir", help="a run folder trained by notebook 04")
+    x.add_argument("--arm", required=True, help="the arm's folder under models/: prototype | baseline | an ARM_NAME")
+    x.add_argument("--step", type=int, help="which checkpoint-<step> (default: the latest complete one)")
+    x.add_argument("--out", help="the pipeline folder to write (default models/<arm>/exports/step-<step>)")
+
     v = sub.add_parser("review", help="expert review outside the notebook")
     vs = v.add_subparsers(dest="tool", required=True)
     ls = vs.add_parser("label-studio", help="create the blinded review on a Label Studio server, or pull its annotations")
@@ -79,19 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "results":
-        try:
-            print(f"results: {results.export(args.sweep_dir, args.out_dir, args.made_by)}")
-        except StudyInputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return _report("results", lambda: results.export(args.sweep_dir, args.out_dir, args.made_by))
+    if args.command == "export":
+        return _report("pipeline folder",
+                       lambda: checkpoint_export.export_checkpoint(args.run_dir, args.arm, args.step, args.out))
     if args.command == "compare":
-        try:
-            print(f"comparison: {sweep.render_comparison(args.sweep_dir)}")
-        except (StudyInputError, StudyRunError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2 if isinstance(exc, StudyInputError) else 1
-        return 0
+        return _report("comparison", lambda: sweep.render_comparison(args.sweep_dir))
     try:
         run_dir = run_pipeline(
             args.profile, dataset=args.dataset, data_dir=args.data_dir, run_dir=args.run_dir,
@@ -102,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, StudyInputError) else 1
     print(f"run folder: {run_dir}")
+    return 0
+
+
+def _report(what: str, action) -> int:
+    """Run ``action`` and print ``what: <its result>``; a study error is printed instead, with exit code 2
+    for bad input and 1 for a failed notebook."""
+    try:
+        print(f"{what}: {action()}")
+    except (StudyInputError, StudyRunError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, StudyInputError) else 1
     return 0
 
 

@@ -148,7 +148,10 @@ TABLE_METRICS = ("TSTR macro F1 %", "TSTR F1 difference (points)",
 
 
 def point_label(grid_keys: Sequence[str], values: Sequence) -> str:
-    """``GUIDANCE_SCALE=2, ETA=0``: the name of one grid point in tables and plots."""
+    """``GUIDANCE_SCALE=2, ETA=0``: the name of one grid point in tables and plots ("all runs" in a sweep
+    over seeds alone)."""
+    if not grid_keys:
+        return "all runs"
     return ", ".join(f"{k}={_short(v)}" for k, v in zip(grid_keys, values))
 
 
@@ -206,7 +209,8 @@ def figure(long: pd.DataFrame, summary: pd.DataFrame, grid_keys: Sequence[str], 
     metrics = [m for m in metrics if m in set(summary.metric)]
     if not metrics:
         raise StudyInputError(f"none of the metrics {list(metrics)} was found in the sweep's runs")
-    points = summary[list(grid_keys)].drop_duplicates().reset_index(drop=True)
+    # a sweep over seeds alone has one point: a frame of one row and no columns
+    points = summary[list(grid_keys)].drop_duplicates().reset_index(drop=True) if grid_keys else pd.DataFrame(index=[0])
     labels = [point_label(grid_keys, row).replace(", ", "\n") for row in points.itertuples(index=False)]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.5, 1.6 * len(points) + 3.5), 3.2 * len(metrics)),
                              squeeze=False)
@@ -299,7 +303,7 @@ def arm_verdict(long: pd.DataFrame, grid_keys: Sequence[str], level: float = 0.9
         return "No run of this sweep compared both arms (ARMS needs baseline and prototype)."
     lines = []
     for key, g in diffs.groupby(list(grid_keys), sort=False, dropna=False) if grid_keys else [((), diffs)]:
-        where = point_label(grid_keys, key if isinstance(key, tuple) else (key,)) or "all runs"
+        where = point_label(grid_keys, key if isinstance(key, tuple) else (key,))
         values = g["value"].to_numpy(dtype=float)
         mean, low, high = t_interval(values.tolist(), level)
         if len(values) < MIN_SEEDS_FOR_A_CLAIM:

@@ -7,6 +7,7 @@ import os
 import socket
 
 import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import get_gpu_info
 
 
@@ -70,3 +71,12 @@ def mixed_precision(setting: str, use_cpu: bool) -> str:
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     return "bf16" if native else "no"
+
+
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide singletons after a single-process use (training, an export): a
+    later Accelerator with other CPU/precision settings, or a notebook_launcher call, would refuse to start.
+    Inside a multi-process launch they stay (the launcher owns them)."""
+    if not (PartialState._shared_state and PartialState().num_processes > 1):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()

@@ -5,18 +5,25 @@ A reader checks a claim from these files without rerunning anything: the compari
 copy check), the tables of TSTR, fidelity and objective plausibility, ``prototypes_metrics.json``, ``manifest.json`` (git commit, package versions, parameters,
 input and output hashes, notebook times), ``params.yaml``, and the sample grids of notebook 05. No
 checkpoint and no image of a dataset is copied. ``COMMAND.md`` holds the command that made the sweep.
+For the paper's datasets ``SUMMARY.md`` puts the numbers over seeds in the layout of the paper's Tables
+3-6, the paper's beside them (:func:`summary_markdown`, written from the copied files only).
 
 :func:`verify` is the check a test runs on every committed folder: every run has its files, and every
 copied output still hashes to what its run's manifest recorded (so no number was edited by hand).
 """
 from __future__ import annotations
 
+import json
+import math
 import shutil
 from pathlib import Path
 
 import pandas as pd
+import yaml
+from scipy import stats
 
-from . import manifest
+from . import literature, manifest
+from .comparison import MIN_SEEDS_FOR_A_CLAIM, t_interval
 from .errors import StudyInputError
 from .io import atomic_write_text, sha256_file
 
@@ -25,7 +32,9 @@ RUN_FILES = (("metrics/metrics.json", "metrics.json"), ("prototypes/metrics.json
              ("params.yaml", "params.yaml"))
 # per run, when the run has them: the tables behind the per-seed numbers (TSTR, fidelity, objective plausibility)
 RUN_TABLES = (("tables/tstr.csv", "tstr.csv"), ("tables/fidelity.csv", "fidelity.csv"),
-              ("tables/objective_plausibility.csv", "objective_plausibility.csv"))
+              ("tables/objective_plausibility.csv", "objective_plausibility.csv"),
+              ("tables/tstr_per_class_f1.csv", "tstr_per_class_f1.csv"), ("tables/copy_check.csv", "copy_check.csv"),
+              ("tables/morphometry_calibration.csv", "morphometry_calibration.csv"))
 RUN_FIGURES = ("figures/05_samples_prototype.png", "figures/05_samples_baseline.png", "figures/05_tone_prototype.png",
                "figures/05_tone_baseline.png")
 SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summary.csv", "comparison/verdict.md",
@@ -61,6 +70,8 @@ def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
             if (run / fig).is_file():
                 _copy(run / fig, out_dir / "runs" / run.name / Path(fig).name)
     atomic_write_text(out_dir / "COMMAND.md", f"# How these results were made\n\n```bash\n{command}\n```\n")
+    if _dataset(out_dir) in literature.paper_datasets():
+        atomic_write_text(out_dir / SUMMARY, summary_markdown(out_dir))
     verify(out_dir)
     return out_dir
 
@@ -91,4 +102,171 @@ def verify(out_dir: str | Path) -> list[str]:
                 continue
             if src != "params.yaml" and recorded.get(src) != sha256_file(path):
                 raise StudyInputError(f"{path}: sha256 differs from its manifest's record of {src}: edited after the run?")
+    if (out_dir / SUMMARY).is_file() and (out_dir / SUMMARY).read_text(encoding="utf-8") != summary_markdown(out_dir):
+        raise StudyInputError(f"{out_dir / SUMMARY} is not what the folder's runs give: edited by hand, or written by "
+                              f"older code (rewrite it with improve_lib.results.write_summary)")
     return [r.name for r in runs]
+
+
+# ----------------------------------------------------------------------------- the paper's tables over seeds
+
+SUMMARY = "SUMMARY.md"
+ARMS = ("baseline", "prototype", "real")
+
+
+def _dataset(out_dir: Path) -> str | None:
+    path = Path(out_dir) / "sweep.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("dataset") if path.is_file() else None
+
+
+def _cell(values, digits: int = 1, signed: bool = False, percent: bool = False) -> str:
+    """``mean [low, high]`` (Student-t over seeds) or ``mean (n=1)``; ``-`` when nothing was measured.
+    ``percent``: the interval is shown clipped to [0, 100], as in notebook 08's table."""
+    mean, low, high = t_interval(list(values))
+    if math.isnan(mean):
+        return "-"
+    if percent and not math.isnan(low):
+        low, high = max(low, 0.0), min(high, 100.0)
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return f.format(mean) + (f" (n={len(values)})" if math.isnan(low) else f" [{f.format(low)}, {f.format(high)}]")
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _read_runs(out_dir: Path) -> list[dict]:
+    runs = []
+    for run in sorted(p for p in (out_dir / "runs").iterdir() if p.is_dir()):
+        m = manifest.load(run)
+        tables = {name: pd.read_csv(run / f"{name}.csv") for name in
+                  ("tstr", "fidelity", "objective_plausibility", "copy_check", "morphometry_calibration")
+                  if (run / f"{name}.csv").is_file()}
+        stages = m.get("stages", {})
+        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+        runs.append({"name": run.name, "seed": (m.get("sweep") or {}).get("seed"), "tables": tables,
+                     "comparison": (metrics.get("tstr") or {}).get("comparison"),
+                     "seconds": sum(float(st.get("seconds") or 0) for st in stages.values()),
+                     "own_seconds": sum(float(st.get("seconds") or 0) for st in stages.values() if not st.get("reused_from")),
+                     "params": yaml.safe_load((run / "params.yaml").read_text()) or {}})
+    return runs
+
+
+def summary_markdown(out_dir: str | Path) -> str:
+    """The results folder's runs (one per diffusion seed) in the paper's layout: TSTR (Tables 5/6) as mean
+    and 95 % Student-t interval over seeds with the paper's numbers beside; the prototype-minus-baseline F1
+    difference with its interval and paired t-test; objective plausibility per class (Tables 3/4; classes
+    the calibration leaves unscored say why); fidelity, copy check and run time. Read from the copied files
+    only, so :func:`verify` can check that the committed summary is what they give."""
+    out_dir = Path(out_dir)
+    dataset = _dataset(out_dir)
+    runs = _read_runs(out_dir)
+    paper = literature.tstr(dataset) or {}
+    p0 = runs[0]["params"]
+    lines = [f"# {dataset}: the study over {len(runs)} diffusion seed(s)", "",
+             f"Profile `{p0.get('PROFILE')}`, {p0.get('RESOLUTION')} px, seeds {', '.join(str(r['seed']) for r in runs)}; "
+             f"TSTR classifier {p0.get('CLASSIFIER')} ({p0.get('EVAL_EPOCHS')} epochs, classifier seeds "
+             f"{p0.get('EVAL_SEEDS')}). Cells: mean over diffusion seeds and 95 % Student-t interval over them "
+             "(`(n=1)`: one seed, no interval). Written by `improve_lib.results.summary_markdown` from this folder's "
+             "files; a test checks it.", "", "## Train on synthetic, test on real (the paper's Tables 5 and 6)", ""]
+    rows = []
+    for arm in ARMS:
+        per = [r["tables"]["tstr"].set_index("training_set") for r in runs if "tstr" in r["tables"]]
+        row = {"training set": arm}
+        for metric in ("precision", "recall", "f1"):
+            row[f"{metric} %"] = _cell([t.loc[arm, f"{metric}_mean"] for t in per if arm in t.index], percent=True)
+            if paper:
+                row[f"paper {metric} %"] = paper.get(metric, {}).get(arm, "")
+        rows.append(row)
+    lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+    diffs = [t.loc["prototype", "f1_mean"] - t.loc["baseline", "f1_mean"] for r in runs if "tstr" in r["tables"]
+             for t in [r["tables"]["tstr"].set_index("training_set")] if {"prototype", "baseline"} <= set(t.index)]
+    if diffs:
+        text = f"**Prototype minus baseline, macro F1:** {_cell(diffs, signed=True)} points over {len(diffs)} seed(s)"
+        if len(diffs) >= MIN_SEEDS_FOR_A_CLAIM:
+            mean, low, high = t_interval(diffs)
+            p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+            claim = ("the prototype arm is better" if low > 0 else "the baseline is better" if high < 0
+                     else "neither arm is better beyond the variation between diffusion seeds")
+            text += f", paired t-test p = {_p(p)}: **{claim}**."
+        else:
+            text += f": fewer than {MIN_SEEDS_FOR_A_CLAIM} seeds, no winner is declared."
+        if paper.get("f1"):
+            text += f" (Paper: {paper['f1']['prototype'] - paper['f1']['baseline']:+.2f} points, one run.)"
+        within = [f"seed {r['seed']} {100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] "
+                  f"(p = {_p(c['p_value'])})" for r in runs for c in [r["comparison"]] if c]
+        if within:
+            text += (" Within each run, the paired bootstrap over the real test images and classifier seeds "
+                     "(not over training): " + "; ".join(within) + ".")
+        lines += [text, ""]
+    lines += _plausibility_section(runs, dataset)
+    lines += _fidelity_section(runs)
+    lines += ["## Run time", "", "Notebooks 01-07 per seed as recorded in the manifests (a seed that reused the "
+              "first seed's 01-03 counts their recorded time): " + ", ".join(
+                  f"seed {r['seed']} {r['seconds'] / 60:.1f} min" + (f" ({r['own_seconds'] / 60:.1f} min its own)"
+                                                                     if r["own_seconds"] < r["seconds"] else "")
+                  for r in runs) + ".", ""]
+    return "\n".join(lines)
+
+
+def _plausibility_section(runs: list[dict], dataset: str) -> list[str]:
+    tabs = [r["tables"]["objective_plausibility"].set_index("class") for r in runs if "objective_plausibility" in r["tables"]]
+    if not tabs:
+        return []
+    expert = literature.plausibility(dataset) or {}
+    rows = []
+    for cls in tabs[0].index:
+        row = {"class": cls}
+        for arm in ("baseline", "prototype"):
+            col = f"{arm} %"
+            row[f"{arm} %"] = _cell([t.loc[cls, col] for t in tabs if cls in t.index and col in t.columns
+                                     and not pd.isna(t.loc[cls, col])], percent=True)
+            if expert:
+                row[f"expert {arm} % (paper)"] = (expert[arm] if cls == "mean" else
+                                                  expert.get("per_class", {}).get(cls, {}).get(arm, ""))
+        reasons = sorted({str(t.loc[cls, "reason"]) for t in tabs if "reason" in t.columns and cls in t.index
+                          and isinstance(t.loc[cls, "reason"], str) and t.loc[cls, "reason"]})
+        row["not scored because"] = "; ".join(reasons)[:160] if row["baseline %"] == "-" else ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table["not scored because"].any():
+        table = table.drop(columns="not scored because")
+    return ["## Objective plausibility per class (the paper's Tables 3 and 4 layout)", "",
+            "% of generated images inside the class's morphometric region (learnt on the real training images, "
+            "calibrated on the held-out real ones); the `mean` row covers the scored classes only. The paper's "
+            "numbers are one expert's judgments of its GPU-scale images: another instrument, shown for orientation.",
+            "", table.to_markdown(index=False), ""]
+
+
+def _fidelity_section(runs: list[dict]) -> list[str]:
+    lines = []
+    fid = [r["tables"]["fidelity"] for r in runs if "fidelity" in r["tables"]]
+    if fid:
+        rows = []
+        for arm in ("real train", "baseline", "prototype"):
+            sub = [f[(f["arm"] == arm) & (f["class_name"] == "all")] for f in fid]
+            row = {"set": arm}
+            for col, scale in (("precision", 100), ("recall", 100), ("density", 1), ("coverage", 100),
+                               ("kid_mean", 1), ("prototype_consistency", 100)):
+                vals = [float(s[col].iloc[0]) * scale for s in sub if len(s) and col in s and not pd.isna(s[col].iloc[0])]
+                row[col + (" %" if scale == 100 else "")] = _cell(vals, digits=1 if scale == 100 else 3,
+                                                                  percent=scale == 100)
+            rows.append(row)
+        lines += ["## Fidelity and diversity (encoder space of notebook 02, against the real test images)", "",
+                  pd.DataFrame(rows).to_markdown(index=False), ""]
+    cc = [r["tables"]["copy_check"] for r in runs if "copy_check" in r["tables"]]
+    if cc:
+        rows = []
+        for (arm, space), _ in cc[0].groupby(["arm", "space"], sort=False):
+            vals = [100 * float(c[(c.arm == arm) & (c.space == space)]["share_flagged"].iloc[0]) for c in cc]
+            rows.append({"set": arm, "space": space, "near-copies %": _cell(vals, digits=2, percent=True)})
+        lines += ["## Copy check", "", "Share of images closer to a training image than any real test image is.", "",
+                  pd.DataFrame(rows).to_markdown(index=False), ""]
+    return lines
+
+
+def write_summary(out_dir: str | Path) -> Path:
+    """(Re)write ``SUMMARY.md`` of a results folder from its files; returns its path."""
+    path = Path(out_dir) / SUMMARY
+    atomic_write_text(path, summary_markdown(out_dir))
+    return path

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import gather_object
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -350,11 +349,7 @@ def train(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
     try:
         return _train(cfg)
     finally:
-        # A finished single-process run must not leave accelerate's singletons behind: a later train()
-        # with other CPU/precision settings, or a notebook_launcher call, would refuse to start.
-        if not (PartialState._shared_state and PartialState().num_processes > 1):
-            AcceleratorState._reset_state(reset_partial_state=True)
-            GradientState._reset_state()
+        processes.reset_accelerate()
 
 
 def _train(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -77,3 +77,21 @@ def test_one_run_declares_no_winner():
               "n_test": 300, "budget": {"seeds": [0, 1, 2]}}
     text = evaluation.verdict(result)
     assert "No winner is declared from one run" in text and "beat" not in text
+
+
+def test_a_sweep_over_seeds_alone_is_one_point(tmp_path):
+    """The study's replication (sweep --seeds without --grid): the table has one column, the figure one
+    point per arm, the verdict one line, all named 'all runs'."""
+    rows = [{"run": f"seed{s}", "seed": s, "complete": True, "metric": "TSTR macro F1 %", "arm": arm, "value": v + s}
+            for s in range(3) for arm, v in (("baseline", 50.0), ("prototype", 53.0), ("real", 70.0))]
+    rows += [{"run": f"seed{s}", "seed": s, "complete": True, "metric": "TSTR F1 difference (points)",
+              "arm": "prototype - baseline", "value": 3.0 + s} for s in range(3)]
+    long = pd.DataFrame(rows)
+    summary = comparison.summarise(long, [])
+    table = comparison.wide_table(summary, [])
+    assert list(table.columns) == ["metric (arm)", "all runs"]
+    assert table.set_index("metric (arm)").loc["TSTR macro F1 % (baseline)", "all runs"].startswith("51.0 [")
+    fig = comparison.figure(long, summary, [], "bone_marrow")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["all runs"]
+    assert len(fig.axes[0].collections) >= 3  # one scatter of seeds per arm, at one x position each
+    assert comparison.arm_verdict(long, []).startswith("- **all runs**: prototype minus baseline +4.0 points")

@@ -77,3 +77,33 @@ def test_pipeline_folder_config_provenance_and_weights(smoke_synthetic_run):
     with pytest.raises(ValueError, match="class_labels"):
         pipe(class_labels=[len(names)], num_inference_steps=1)
     assert sample.guided_epsilon is sample.guided_pipeline.guided_output  # one guided loop for both
+
+
+def test_a_checkpoint_exports_as_a_pipeline_folder(smoke_synthetic_run, tmp_path):
+    """`python -m improve_lib export RUN --arm A --step N`: an intermediate checkpoint becomes a folder of
+    final/'s layout; the last checkpoint's export carries final/'s weights, an earlier one other weights."""
+    from diffusers import DiffusionPipeline
+
+    from improve_lib import checkpoint_export, checkpoints
+    from improve_lib.cli import main
+    from improve_lib.errors import StudyInputError
+
+    run = smoke_synthetic_run
+    arm_dir = models.arm_dir(run, "prototype")
+    steps = [s for s, _, done in checkpoints.list_checkpoints(arm_dir) if done]
+    assert len(steps) >= 2, steps
+    last = checkpoint_export.export_checkpoint(run, "prototype", out=tmp_path / "last")
+    pipe = DiffusionPipeline.from_pretrained(str(last), trust_remote_code=True)
+    ema, names, _ = models.load_trained(run, "prototype", ema=True)
+    assert models.state_dict_sha256(pipe.unet) == models.state_dict_sha256(ema) and pipe.class_names == names
+    emb = pipe.unet.class_embedding
+    assert emb.padding_idx == len(names) and not emb.weight.requires_grad
+    summary = json.loads((last / "training_summary.json").read_text())
+    assert summary["steps"] == steps[-1] and summary["exported_from"] == f"checkpoint-{steps[-1]}"
+    assert "not for diagnosis" in (last / "README.md").read_text()
+    assert main(["export", str(run), "--arm", "prototype", "--step", str(steps[0]), "--out", str(tmp_path / "early")]) == 0
+    early = DiffusionPipeline.from_pretrained(str(tmp_path / "early"), trust_remote_code=True)
+    assert models.state_dict_sha256(early.unet) != models.state_dict_sha256(ema)
+    with pytest.raises(StudyInputError, match=re.escape(f"complete ones: steps {steps}")):
+        checkpoint_export.export_checkpoint(run, "prototype", step=steps[-1] + 1000, out=tmp_path / "none")
+    assert not (tmp_path / "none").exists() and not (arm_dir / checkpoint_export.EXPORTS_DIR).exists()

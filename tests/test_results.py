@@ -32,6 +32,25 @@ def test_an_edited_number_is_caught(tmp_path):
             results.verify(copy)
 
 
+@pytest.mark.parametrize("dataset", ["bone_marrow", "ham10000"])
+def test_the_real_data_study_is_committed_with_its_summary(dataset, tmp_path):
+    """results/<dataset>/ (the laptop profile over diffusion seeds) is complete, its SUMMARY.md is what its
+    runs give, and a hand edit of the summary is caught."""
+    import yaml
+
+    folder = Path(__file__).resolve().parents[1] / "results" / dataset
+    assert results.verify(folder)
+    spec = yaml.safe_load((folder / "sweep.yaml").read_text())
+    assert spec["dataset"] == dataset and spec["profile"] == "laptop" and not spec["grid"]
+    text = (folder / results.SUMMARY).read_text()
+    assert text.startswith(f"# {dataset}:") and "| real " in text  # the real-image ceiling is reported
+    copy = tmp_path / dataset
+    shutil.copytree(folder, copy)
+    (copy / results.SUMMARY).write_text(text.replace("| baseline ", "| baseline 1", 1))
+    with pytest.raises(StudyInputError, match="SUMMARY.md is not what"):
+        results.verify(copy)
+
+
 def test_demo_objective_tables_are_the_ones_its_run_wrote():
     """results/demo_objective holds files copied from one run folder: each must hash to what that run's
     manifest recorded for it (tables/ and figures/ there)."""

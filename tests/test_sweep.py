@@ -52,6 +52,18 @@ def test_expand_names_runs_from_settings_in_seed_major_order():
     assert r.params["PROFILE"] == "smoke" and set(r.keys) == {p.name for p in parameters.list_notebooks()}
 
 
+def test_a_sweep_over_seeds_alone_needs_seeds_asked_for():
+    """The study's replication is a sweep over seeds without a grid; without --seeds a missing --grid is an error."""
+    with pytest.raises(StudyInputError, match="--grid KEY=v1,v2 .* or --seeds"):
+        sweep.spec_from(profile="smoke")
+    spec = sweep.spec_from(profile="laptop", dataset="synthetic", seeds="0,1", from_nb="04")
+    runs = sweep.expand(spec)
+    assert [r.name for r in runs] == ["seed0", "seed1"] and all(r.point == {} for r in runs)
+    assert [r.params["SEED"] for r in runs] == [0, 1] and runs[0].params["PROFILE"] == "laptop"
+    assert sweep.default_sweep_dir(spec) == Path("runs/sweeps/laptop-synthetic")
+    assert sweep.expand(sweep.spec_from(profile="smoke", seeds="3"))[0].name == "seed3"
+
+
 def test_value_labels_are_file_name_safe():
     assert sweep.value_label(True) == "true" and sweep.value_label(0.5) == "0.5" and sweep.value_label(2.0) == "2"
     assert sweep.value_label(["prototype", "baseline"]) == "prototype+baseline"
