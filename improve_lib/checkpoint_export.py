@@ -7,7 +7,6 @@ pipeline folder from it, so an early model loads like the final one.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import checkpoints, export, models, processes, train
@@ -34,20 +33,13 @@ def export_checkpoint(run_dir, arm: str, step: int | None = None, out=None) -> P
     path = complete[step]
     cfg = train.resolve_config(arm_dir / "config.yaml")
     cfg.update(RUN_DIR=str(Path(run_dir).resolve()), CPU=True, PROGRESS=False, ARM_NAME=arm)
-    stored = json.loads((path / checkpoints.STATE_FILE).read_text())
     try:
         run = train.TrainingRun(cfg)
-        checkpoints.check_resume(path / checkpoints.STATE_FILE,
-                                 {**run.resume_cfg, "WORLD_SIZE": stored["resume_config"].get("WORLD_SIZE")})
-        checkpoints.refuse_pickled_state(path)
-        run.accelerator.load_state(str(path))
-        if run.ema is not None:
-            checkpoints.load_ema(run.ema, path, run.device)
-        models.freeze_class_table(run.unwrapped, frozen=run.frozen)
+        stored = run.load_checkpoint(path, ignore=("WORLD_SIZE",))  # one process reads any world size's
         run.cfg["WORLD_SIZE"] = stored["resume_config"].get("WORLD_SIZE")
         summary = {"steps": step, "total_steps": run.total, "exported_from": path.name}
         out = Path(out) if out is not None else arm_dir / EXPORTS_DIR / f"step-{step}"
         return export.write_final(out, run.unwrapped, run.ema, run.scheduler, run.cfg, run.class_names, summary,
-                           arm_dir / "class_table.safetensors")
+                                  arm_dir / "class_table.safetensors")
     finally:
         processes.reset_accelerate()

@@ -54,10 +54,10 @@ def latest_complete(directory) -> Path | None:
     return complete[-1] if complete else None
 
 
-def check_resume(state_path: Path, new: dict[str, Any]) -> dict[str, Any]:
+def check_resume(state_path: Path, new: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read ``training_state.json`` and check that ``new`` (the resume keys of the run about to
-    continue) equals the stored configuration; returns the stored state. Raises naming the changed
-    key, or the unreadable file."""
+    continue) equals the stored configuration but for the keys ``ignore``; returns the stored state.
+    Raises naming the changed key, or the unreadable file."""
     try:
         state = json.loads(Path(state_path).read_text())
         old = state["resume_config"]
@@ -67,7 +67,7 @@ def check_resume(state_path: Path, new: dict[str, Any]) -> dict[str, Any]:
                               f"({exc}); delete that folder to resume from an earlier checkpoint") from None
     new = json.loads(json.dumps(new))  # compare as stored (tuples -> lists)
     old = {**{k: v for k, v in LEGACY_VALUES.items() if k in new and k not in old}, **old}
-    for key in sorted(set(old) | set(new)):
+    for key in sorted((set(old) | set(new)) - set(ignore)):
         if old.get(key) != new.get(key):
             raise StudyInputError(
                 f"cannot resume from {state_path.parent}: {key} changed from {old.get(key)!r} to {new.get(key)!r}. "

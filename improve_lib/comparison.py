@@ -293,6 +293,15 @@ def describe(summary: pd.DataFrame, grid_keys: Sequence[str], metric: str = "TST
 MIN_SEEDS_FOR_A_CLAIM = 3
 
 
+def seed_claim(differences: Sequence[float], low: float, high: float) -> tuple[float, str]:
+    """The paired t-test's p (``scipy.stats.ttest_1samp`` of the per-seed prototype-minus-baseline
+    differences against 0) and the claim their t-interval ``[low, high]`` supports."""
+    p = float(stats.ttest_1samp(np.asarray(differences, dtype=float), 0.0).pvalue)
+    claim = ("the prototype arm is better" if low > 0 else "the baseline is better" if high < 0
+             else "neither arm is better beyond the variation between training seeds")
+    return p, claim
+
+
 def arm_verdict(long: pd.DataFrame, grid_keys: Sequence[str], level: float = 0.95) -> str:
     """Per grid point, the prototype-minus-baseline TSTR F1 difference over training seeds: mean, Student-t
     interval and the paired t-test's p (``scipy.stats.ttest_1samp`` of the per-seed differences against 0).
@@ -310,9 +319,7 @@ def arm_verdict(long: pd.DataFrame, grid_keys: Sequence[str], level: float = 0.9
             lines.append(f"- **{where}**: {len(values)} training seed(s), difference {mean:+.1f} points: fewer than "
                          f"{MIN_SEEDS_FOR_A_CLAIM} seeds, so no winner is declared.")
             continue
-        p = float(stats.ttest_1samp(values, 0.0).pvalue)
-        claim = ("the prototype arm is better" if low > 0 else "the baseline is better" if high < 0
-                 else "neither arm is better beyond the variation between training seeds")
+        p, claim = seed_claim(values, low, high)
         lines.append(f"- **{where}**: prototype minus baseline {mean:+.1f} points, {int(level * 100)} % t-interval over "
                      f"{len(values)} training seeds [{low:+.1f}, {high:+.1f}], paired t-test p = {p:.3f}: **{claim}**.")
     return "\n".join(lines)

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from scipy import stats
 
 from . import literature, manifest
-from .comparison import MIN_SEEDS_FOR_A_CLAIM, t_interval
+from .comparison import MIN_SEEDS_FOR_A_CLAIM, seed_claim, t_interval
 from .errors import StudyInputError
 from .io import atomic_write_text, sha256_file
 
@@ -71,7 +70,7 @@ def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
                 _copy(run / fig, out_dir / "runs" / run.name / Path(fig).name)
     atomic_write_text(out_dir / "COMMAND.md", f"# How these results were made\n\n```bash\n{command}\n```\n")
     if _dataset(out_dir) in literature.paper_datasets():
-        atomic_write_text(out_dir / SUMMARY, summary_markdown(out_dir))
+        write_summary(out_dir)
     verify(out_dir)
     return out_dir
 
@@ -140,7 +139,7 @@ def _read_runs(out_dir: Path) -> list[dict]:
     for run in sorted(p for p in (out_dir / "runs").iterdir() if p.is_dir()):
         m = manifest.load(run)
         tables = {name: pd.read_csv(run / f"{name}.csv") for name in
-                  ("tstr", "fidelity", "objective_plausibility", "copy_check", "morphometry_calibration")
+                  ("tstr", "fidelity", "objective_plausibility", "copy_check")
                   if (run / f"{name}.csv").is_file()}
         stages = m.get("stages", {})
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
@@ -169,9 +168,9 @@ def summary_markdown(out_dir: str | Path) -> str:
              f"{p0.get('EVAL_SEEDS')}). Cells: mean over diffusion seeds and 95 % Student-t interval over them "
              "(`(n=1)`: one seed, no interval). Written by `improve_lib.results.summary_markdown` from this folder's "
              "files; a test checks it.", "", "## Train on synthetic, test on real (the paper's Tables 5 and 6)", ""]
+    per = [r["tables"]["tstr"].set_index("training_set") for r in runs if "tstr" in r["tables"]]
     rows = []
     for arm in ARMS:
-        per = [r["tables"]["tstr"].set_index("training_set") for r in runs if "tstr" in r["tables"]]
         row = {"training set": arm}
         for metric in ("precision", "recall", "f1"):
             row[f"{metric} %"] = _cell([t.loc[arm, f"{metric}_mean"] for t in per if arm in t.index], percent=True)
@@ -179,15 +178,13 @@ def summary_markdown(out_dir: str | Path) -> str:
                 row[f"paper {metric} %"] = paper.get(metric, {}).get(arm, "")
         rows.append(row)
     lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
-    diffs = [t.loc["prototype", "f1_mean"] - t.loc["baseline", "f1_mean"] for r in runs if "tstr" in r["tables"]
-             for t in [r["tables"]["tstr"].set_index("training_set")] if {"prototype", "baseline"} <= set(t.index)]
+    diffs = [t.loc["prototype", "f1_mean"] - t.loc["baseline", "f1_mean"] for t in per
+             if {"prototype", "baseline"} <= set(t.index)]
     if diffs:
         text = f"**Prototype minus baseline, macro F1:** {_cell(diffs, signed=True)} points over {len(diffs)} seed(s)"
         if len(diffs) >= MIN_SEEDS_FOR_A_CLAIM:
-            mean, low, high = t_interval(diffs)
-            p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
-            claim = ("the prototype arm is better" if low > 0 else "the baseline is better" if high < 0
-                     else "neither arm is better beyond the variation between diffusion seeds")
+            _, low, high = t_interval(diffs)
+            p, claim = seed_claim(diffs, low, high)
             text += f", paired t-test p = {_p(p)}: **{claim}**."
         else:
             text += f": fewer than {MIN_SEEDS_FOR_A_CLAIM} seeds, no winner is declared."

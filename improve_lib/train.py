@@ -220,16 +220,7 @@ class TrainingRun:
                       f"saving it)", flush=True)
         self.resumed_from, step, path = None, 0, checkpoints.latest_complete(self.out_dir)
         if path is not None:
-            state = checkpoints.check_resume(path / checkpoints.STATE_FILE, self.resume_cfg)
-            checkpoints.refuse_pickled_state(path)
-            try:  # accelerate reads its torch files with weights_only=True; the EMA is in safetensors
-                self.accelerator.load_state(str(path))
-            except Exception as exc:  # torch/safetensors errors on a damaged or tampered folder
-                raise StudyInputError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
-                                      f"delete that folder to resume from an earlier checkpoint") from None
-            if self.ema is not None:
-                checkpoints.load_ema(self.ema, path, self.device)
-            models.freeze_class_table(self.unwrapped, frozen=self.frozen)  # re-assert the null row and freeze
+            state = self.load_checkpoint(path)
             step, self.resumed_from, self.log.last_checkpoint = int(state["step"]), str(path), path
             if self.main:
                 print(f"resumed from {path} (step {step} of {self.total})", flush=True)
@@ -240,6 +231,20 @@ class TrainingRun:
         self.log.start(step)
         self.first_step = step
         return step
+
+    def load_checkpoint(self, path: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Load checkpoint ``path``, checked against this run's config but for ``ignore``; returns its stored state."""
+        state = checkpoints.check_resume(path / checkpoints.STATE_FILE, self.resume_cfg, ignore)
+        checkpoints.refuse_pickled_state(path)
+        try:  # accelerate reads its torch files with weights_only=True; the EMA is in safetensors
+            self.accelerator.load_state(str(path))
+        except Exception as exc:  # torch/safetensors errors on a damaged or tampered folder
+            raise StudyInputError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+                                  f"delete that folder to resume from an earlier checkpoint") from None
+        if self.ema is not None:
+            checkpoints.load_ema(self.ema, path, self.device)
+        models.freeze_class_table(self.unwrapped, frozen=self.frozen)  # re-assert the null row and freeze
+        return state
 
     def step(self, step: int) -> None:
         """Optimizer update ``step`` (0-based): every random draw seeded by (SEED, rank, step)."""

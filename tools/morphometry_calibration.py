@@ -16,7 +16,6 @@ dataset's images is copied.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import tempfile
 import time
@@ -105,9 +104,7 @@ def main(argv=None) -> int:
             calibrated = plausibility.morphometry_calibration(scratch, args.dataset, res, seed=args.seed,
                                                               progress=True)
             seconds = time.perf_counter() - started
-            rows = split.table[["path", "class_name", "split"]]
-            digest = hashlib.sha256(rows.assign(path=[Path(q).name for q in rows["path"]])
-                                    .to_csv(index=False).encode()).hexdigest()
+            digest = data.split_sha256(split.table)
         name = f"{args.dataset}_{res}px_calibration"
         table = calibrated["calibration"]
         atomic_write_text(out / f"{name}.csv", table.reset_index().to_csv(index=False, float_format="%.4g"))

@@ -16,7 +16,6 @@ seconds, measured here in one process one after another: compare them as ratios)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import tempfile
 import time
@@ -69,8 +68,7 @@ def main(argv=None) -> int:
         tr, te = table[table.split == "train"], table[table.split == "test"]
         x_tr, y_tr = data.load_images(tr.path, args.resolution), tr.label.to_numpy()
         x_te, y_te = data.load_images(te.path, args.resolution), te.label.to_numpy()
-        digest = hashlib.sha256(table[["path", "class_name", "split"]].assign(path=[Path(q).name for q in table.path])
-                                .to_csv(index=False).encode()).hexdigest()
+        digest = data.split_sha256(table)
     for spec, arch, size, epochs in specs:
         f1, acc, seconds = [], [], []
         for s in args.seeds:

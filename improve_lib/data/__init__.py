@@ -28,7 +28,7 @@ SPLIT_CSV = Path("data") / "split.csv"
 __all__ = [
     "DATASETS", "SplitResult", "build_split", "check_source", "write_split", "read_split",
     "class_names_of", "load_image", "load_images", "open_rgb", "center_crop_resize", "verify_images",
-    "ImageTableDataset", "SPLIT_COLUMNS", "split_paths", "training_images", "synthetic_cells",
+    "ImageTableDataset", "SPLIT_COLUMNS", "split_paths", "split_sha256", "training_images", "synthetic_cells",
 ]
 
 
@@ -163,6 +163,13 @@ def split_paths(run_dir: str | Path, rows: pd.DataFrame) -> list[Path]:
         p = Path(path)
         out.append(p if p.is_absolute() or p.exists() else Path(run_dir) / p)
     return out
+
+
+def split_sha256(table: pd.DataFrame) -> str:
+    """sha256 of a split's rows (file name, class, side), wherever the dataset lies: the record of which
+    images a measurement (``tools/``) used, without copying any."""
+    rows = table[["path", "class_name", "split"]]
+    return hashlib.sha256(rows.assign(path=[Path(q).name for q in rows["path"]]).to_csv(index=False).encode()).hexdigest()
 
 
 def training_images(run_dir: str | Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
