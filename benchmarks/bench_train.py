@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,8 +36,9 @@ from improve_lib.parameters import notebook_defaults  # noqa: E402
 from improve_lib.train import train  # noqa: E402
 
 
-def make_images(run_dir: Path, n: int, resolution: int, classes: int = 2) -> None:
-    """Random-coloured PNGs and a ``data/split.csv`` (what the baseline arm reads)."""
+def make_images(run_dir: Path, n: int, resolution: int, classes: int = 2, proto_dim: int | None = None) -> None:
+    """Random-coloured PNGs and a ``data/split.csv`` (what the baseline arm reads); with ``proto_dim``, also
+    random unit prototypes ``prototypes/class_embeddings.safetensors`` (what the prototype arm reads)."""
     rng = np.random.default_rng(0)
     (run_dir / "data" / "img").mkdir(parents=True)
     rows = []
@@ -46,6 +48,11 @@ def make_images(run_dir: Path, n: int, resolution: int, classes: int = 2) -> Non
         label = i % classes
         rows.append({"path": str(path), "label": label, "class_name": f"c{label}", "split": "train", "group": str(i)})
     pd.DataFrame(rows).to_csv(run_dir / "data" / "split.csv", index=False)
+    if proto_dim:
+        protos = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(classes, proto_dim)).astype(np.float32)), dim=1)
+        (run_dir / "prototypes").mkdir()
+        save_file({"class_embeddings": protos}, str(run_dir / "prototypes" / "class_embeddings.safetensors"),
+                  metadata={"class_names": json.dumps([f"c{c}" for c in range(classes)])})
 
 
 def bare_loop(cfg: dict, classes: int, steps: int, warmup: int) -> float:

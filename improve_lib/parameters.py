@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import papermill
 import yaml
 
 from .errors import StudyInputError
@@ -56,7 +56,24 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=256)
 def _declared(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Any], ...]:
     # cached per file version: a sweep asks for every notebook's parameters once per run
+    try:
+        import papermill  # here, not at the top: the training entry point imports this module on bare GPU images
+    except ImportError:
+        return _declared_without_papermill(path)
     return tuple((k, v["default"]) for k, v in papermill.inspect_notebook(path).items())
+
+
+def _declared_without_papermill(path: str) -> tuple[tuple[str, str], ...]:
+    """The ``parameters`` cell's ``NAME = value`` assignments read with ``ast``, for machines without papermill
+    (a bare GPU image running the training benchmark). tests/test_environment.py checks that it agrees with
+    papermill's parser on every notebook."""
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        return ()
+    source = "".join(cell["source"])
+    return tuple((node.targets[0].id, ast.get_source_segment(source, node.value)) for node in ast.parse(source).body
+                 if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name))
 
 
 def literal(text: str) -> Any:

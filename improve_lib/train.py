@@ -43,7 +43,7 @@ from accelerate.utils import gather_object
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from . import checkpoints, data, export, models, objective, plots, processes, prototypes, sample
+from . import checkpoints, data, export, fast_path, models, objective, plots, processes, prototypes, sample
 from .errors import StudyInputError
 from .io import atomic_write_json, save_safetensors
 from .loss_log import LossLog, TrainingDivergedError
@@ -59,7 +59,7 @@ TRAIN_KEYS = ("CLASS_EMBEDDING_MAP", "FREEZE_PROTOTYPES", "P_UNCOND", "LR", "WEI
               "INPUT_NORMALIZATION", "FLIP", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_EVERY", "SAMPLE_STEPS",
               "SAMPLE_PER_CLASS", "PREVIEW_GUIDANCE_SCALE")
 # How to run, not what is computed: optional, with these values when absent.
-RUN_OPTIONS: dict[str, Any] = {"ARM_NAME": None, "CPU": "auto", "PROGRESS": True}
+RUN_OPTIONS: dict[str, Any] = {"ARM_NAME": None, "CPU": "auto", "PROGRESS": True, "COMPILE": "none"}  # improve_lib.fast_path
 # Keys whose change makes a resumed run differ from the one its checkpoint belongs to: the model, the recipe
 # and the data (not the run length nor the checkpoint and preview cadence).
 _CADENCE = {"MAX_STEPS", "EPOCHS", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_EVERY", "SAMPLE_STEPS",
@@ -74,7 +74,7 @@ _INTS = {"WARMUP_STEPS": 0, "BATCH_SIZE": 1, "NUM_TRAIN_TIMESTEPS": 2, "CHECKPOI
          "SAMPLE_STEPS": 1, "SAMPLE_PER_CLASS": 1, "KEEP_CHECKPOINTS": 1}
 _CHOICES = {"ARM": ARMS, "CLASS_EMBEDDING_MAP": models.CLASS_EMBEDDING_MAPS,
             "LR_SCHEDULE": ("constant", "cosine"), "MIXED_PRECISION": ("auto", "no", "bf16", "fp16"),
-            "BETA_SCHEDULE": objective.BETA_SCHEDULES}
+            "BETA_SCHEDULE": objective.BETA_SCHEDULES, "COMPILE": fast_path.COMPILE_MODES}
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -185,7 +185,8 @@ class TrainingRun:
                                                      cfg["CLASS_EMBEDDING_MAP"], cfg["COND_DIM"], seed=int(cfg["SEED"]))
         self.mcfg = models.model_config(cfg, cond_dim)
         self.frozen = cfg["ARM"] == "prototype" and cfg["FREEZE_PROTOTYPES"]
-        model = models.build_unet(self.mcfg, self.num_classes, table, freeze=self.frozen)
+        model = fast_path.prepare_model(models.build_unet(self.mcfg, self.num_classes, table, freeze=self.frozen),
+                                        self.device, cfg["COMPILE"])
         self.init_table = model.class_embedding.weight.detach()[:self.num_classes].clone()
         global_batch = cfg["BATCH_SIZE"] * self.world
         self.total = (cfg["MAX_STEPS"] if cfg["MAX_STEPS"] is not None
@@ -201,9 +202,9 @@ class TrainingRun:
         if cfg["LR_SCHEDULE"] == "cosine":
             self.resume_cfg["TOTAL_STEPS"] = self.total  # the cosine curve depends on the run length
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.trainable, lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"])
+        optimizer = fast_path.adamw(self.trainable, cfg["LR"], cfg["WEIGHT_DECAY"], self.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.unwrapped, self.forward = self.accelerator.unwrap_model(self.model), fast_path.compiled(self.model, cfg["COMPILE"])
         self.ema = None
         if cfg["EMA_DECAY"] > 0:
             # diffusers' EMA warms up as min(EMA_DECAY, (1+n)/(10+n)); frozen parameters are copied as they are
@@ -251,14 +252,13 @@ class TrainingRun:
         cfg, bsz, res = self.cfg, self.cfg["BATCH_SIZE"], self.mcfg["RESOLUTION"]
         g = torch.Generator().manual_seed(_seed(cfg["SEED"], self.rank, step, 0))
         torch.manual_seed(_seed(cfg["SEED"], self.rank, step, 1))  # dropout masks, also a function of the step
-        # Unused here, but checkpoints save their state: seeded by the step, a rerun writes the same bytes.
-        random.seed(_seed(cfg["SEED"], self.rank, step, 3))
+        random.seed(_seed(cfg["SEED"], self.rank, step, 3))  # unused, but saved in checkpoints: same bytes on rerun
         np.random.seed(_seed(cfg["SEED"], self.rank, step, 4) % 2**32)
-        idx = self.batches(step, self.rank, bsz, self.world).to(self.device)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,), generator=g).to(self.device)
-        noise = torch.randn((bsz, 3, res, res), generator=g).to(self.device)
-        drop = (torch.rand(bsz, generator=g) < cfg["P_UNCOND"]).to(self.device)
-        flips = (torch.rand(bsz, 2, generator=g) < 0.5).to(self.device)
+        idx, t, noise, drop, flips = (fast_path.to_device(v, self.device) for v in (  # no host wait on a GPU
+            self.batches(step, self.rank, bsz, self.world),
+            torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,), generator=g),
+            torch.randn((bsz, 3, res, res), generator=g), torch.rand(bsz, generator=g) < cfg["P_UNCOND"],
+            torch.rand(bsz, 2, generator=g) < 0.5))
         x0 = objective.to_model(self.images[idx].float().div(127.5).sub(1.0), self.input_mean, self.input_std)
         if cfg["FLIP"]:
             x0 = torch.where(flips[:, 0, None, None, None], x0.flip(-1), x0)
@@ -268,7 +268,7 @@ class TrainingRun:
         lr = objective.lr_at(cfg, step, self.total)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        pred = self.model(xt, t, encoder_hidden_states=None, class_labels=y).sample
+        pred = self.forward(xt, t, encoder_hidden_states=None, class_labels=y).sample
         target = objective.training_target(self.scheduler, x0, noise, t)
         loss = objective.diffusion_loss(pred, target, objective.loss_weights(self.scheduler, t, cfg["SNR_GAMMA"]))
         # the mean over ranks, so that every rank sees a NaN at the same step and stops together

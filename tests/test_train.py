@@ -292,3 +292,27 @@ def test_resuming_never_unpickles_code_planted_in_a_checkpoint(run, tmp_path):
         p.write_bytes(pickle.dumps(_Planted(marker)))
     summary = train({**cfg, "MAX_STEPS": 3})  # (no draw depends on the global RNG: every step seeds its own)
     assert summary["resumed_from"].endswith("checkpoint-2") and rng_files and not marker.exists()
+
+
+def test_compiled_unet_resumes_exactly_and_saves_plain_parameter_names(run):
+    """The fast path (COMPILE, improve_lib.fast_path) keeps the exact-resume guarantee on a CPU: a run
+    resumed from the uninterrupted run's checkpoint-2 replays its steps 3-4 exactly."""
+    import shutil
+
+    from improve_lib.train import train
+
+    with pytest.raises(StudyInputError, match="COMPILE"):
+        train(tiny_config(run, "baseline", COMPILE="fastest"))
+    full = tiny_config(run, "baseline", MAX_STEPS=4, CHECKPOINT_EVERY=2, KEEP_CHECKPOINTS=2, COMPILE="default",
+                       ARM_NAME="full")
+    train(full)
+    shutil.copytree(run / "models" / "full" / "checkpoint-2", run / "models" / "resumed" / "checkpoint-2")
+    summary = train({**full, "ARM_NAME": "resumed"})
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps_this_session"] == 2
+    sub = "final/unet/diffusion_pytorch_model.raw.safetensors"
+    a, b = _weights(run / "models" / "full" / sub), _weights(run / "models" / "resumed" / sub)
+    assert a.keys() == b.keys() and not any("_orig_mod" in k for k in a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    loss = [pd.read_csv(run / "models" / name / "loss.csv") for name in ("full", "resumed")]
+    pd.testing.assert_frame_equal(loss[0][loss[0]["step"] > 2].reset_index(drop=True), loss[1])
