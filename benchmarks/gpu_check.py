@@ -91,22 +91,31 @@ def peak(device: torch.device) -> dict:
             "peak_used_for_mfu": spec or measured, "peak_source": "data sheet" if spec else "measured matmul"}
 
 
+def warm_run(cfg: dict, warmup: int) -> TrainingRun:
+    """The entry point's training session for ``cfg`` after ``warmup`` steps (compilation happens here)."""
+    run = TrainingRun(resolve_config(cfg))
+    run.resume()
+    run.model.train()
+    if warmup:
+        timed_steps(run, 0, warmup)
+    return run
+
+
+def timed_steps(run: TrainingRun, first: int, steps: int) -> float:
+    """Steps/s of ``run.step`` over steps ``first .. first + steps - 1``, every queued step finished."""
+    _sync(run.device)
+    t0 = time.perf_counter()
+    for i in range(first, first + steps):
+        run.step(i)
+    run.log.check()  # the losses are read: every queued step has run
+    _sync(run.device)
+    return steps / (time.perf_counter() - t0)
+
+
 def entry_rate(cfg: dict, warmup: int, steps: int) -> float:
     """Steps/s of the entry point's training step (``TrainingRun.step``) after ``warmup`` steps."""
     try:
-        run = TrainingRun(resolve_config(cfg))
-        run.resume()
-        run.model.train()
-        for i in range(warmup):
-            run.step(i)
-        run.log.check()
-        _sync(run.device)
-        t0 = time.perf_counter()
-        for i in range(warmup, warmup + steps):
-            run.step(i)
-        run.log.check()  # the losses are read: every queued step has run
-        _sync(run.device)
-        return steps / (time.perf_counter() - t0)
+        return timed_steps(warm_run(cfg, warmup), warmup, steps)
     finally:
         processes.reset_accelerate()
 
@@ -115,22 +124,11 @@ def _worker(index: int, cfg: dict, warmup: int, threads: int, commands, results)
     """One model of ``models_per_gpu``: warm up, then time ``steps`` whenever told, until told to stop."""
     torch.set_num_threads(threads)
     try:
-        run = TrainingRun(resolve_config(cfg))
-        run.resume()
-        run.model.train()
-        for i in range(warmup):
-            run.step(i)
-        run.log.check()
-        _sync(run.device)
+        run = warm_run(cfg, warmup)
         results.put((index, "ready", None))
         at = warmup
         while (command := commands.get()) is not None:
-            t0 = time.perf_counter()
-            for i in range(at, at + command):
-                run.step(i)
-            run.log.check()
-            _sync(run.device)
-            results.put((index, "rate", command / (time.perf_counter() - t0)))
+            results.put((index, "rate", timed_steps(run, at, command)))
             at += command
     except Exception:
         results.put((index, "error", traceback.format_exc()))

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import checkpoint_export, results, sweep
+from . import checkpoint_export, results, scheduling, sweep
 from .review import label_studio_server
 from .errors import StudyInputError
 from .parameters import parse_sets
@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--estimate-from", metavar="RUN_DIR", help="with --dry-run: estimate the time from a finished run")
     s.add_argument("--no-compare", action="store_true", help="do not render 08_compare_runs.ipynb at the end")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="grid points at once (processes here, or jobs queued with --executor slurm); default 1")
+    s.add_argument("--executor", default="processes", choices=scheduling.EXECUTORS,
+                   help="processes (this machine), slurm (a job per grid point via submitit), submitit-local")
+    s.add_argument("--slurm", dest="slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a submitit setting for --executor slurm, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=240")
 
     c = sub.add_parser("compare", help="render 08_compare_runs.ipynb for a sweep folder")
     c.add_argument("sweep_dir", help="a folder written by `sweep`")
@@ -143,7 +149,8 @@ def _sweep(args) -> int:
                                from_nb=args.from_nb, to_nb=args.to_nb, variants=args.variants)
         sweep_dir, outcomes = sweep.run_sweep(spec, args.sweep_dir, dry_run=args.dry_run,
                                               compare=not args.no_compare, progress=not args.no_progress,
-                                              estimate_from=args.estimate_from)
+                                              estimate_from=args.estimate_from, jobs=args.jobs, executor=args.executor,
+                                              executor_settings=scheduling.parse_settings(args.slurm))
     except StudyInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -30,12 +30,20 @@ def done_prefix(stages: dict[str, Any], keys: dict[str, str], books: list[Path])
     return out
 
 
-def find_donor(run, sweep_dir: Path, books: list[Path]) -> tuple[Path | None, list[str]]:
+def planned_prefix(donor_keys: dict[str, str], keys: dict[str, str], books: list[Path]) -> list[str]:
+    """The leading notebooks a run with stage ``keys`` will reuse from a run with ``donor_keys`` once that
+    run has finished them all."""
+    return done_prefix({nb: {"status": "done", "key": k} for nb, k in donor_keys.items()}, keys, books)
+
+
+def find_donor(run, sweep_dir: Path, books: list[Path], busy: Sequence[str] = ()) -> tuple[Path | None, list[str]]:
     """The run folder in ``sweep_dir`` that shares the longest chain of finished notebooks with ``run`` (a
     :class:`~improve_lib.sweep.SweepRun`: its ``name`` and stage ``keys``), and that chain; ``(None, [])``
-    when none shares the first notebook."""
+    when none shares the first notebook. Folders named in ``busy`` (runs of a parallel sweep still being
+    written) are not considered."""
     best: tuple[Path | None, list[str]] = (None, [])
-    for cand in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != run.name) if sweep_dir.is_dir() else []:
+    skip = {run.name, *busy}
+    for cand in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name not in skip) if sweep_dir.is_dir() else []:
         m = manifest.load(cand)
         shared = done_prefix(m.get("stages", {}), run.keys, books)
         while shared and not _copyable(m, shared):

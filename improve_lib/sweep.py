@@ -21,6 +21,11 @@ Skip, continue, report
     command exits non-zero when any run failed. Bad input (a grid key no notebook declares, a value
     of the wrong type, two grid entries giving the same run name) is reported before anything runs.
 
+In parallel, or on a cluster
+    ``--jobs N`` runs up to N grid points at a time in separate processes; ``--executor slurm`` submits
+    each as a submitit job (:mod:`improve_lib.scheduling`). A grid point then starts after the earlier
+    ones whose stages it will reuse, so the results are those of the sequential sweep.
+
 Presets in ``params/ablations/<name>.yaml`` hold a sweep's settings (``--preset name``).
 """
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from . import manifest, sharing
+from . import manifest, scheduling, sharing
 from .errors import StudyInputError
 from .io import atomic_path, atomic_write_text
 from .parameters import (NOTEBOOK_DIR, PARAMS_DIR, as_number, check_type, declared_parameters, list_notebooks,
@@ -333,8 +338,7 @@ def plan(runs: list[SweepRun], sweep_dir: Path, books: list[Path]) -> list[tuple
             out.append((run, "complete", own))
             continue
         # earlier runs of this plan will have finished every notebook with their keys
-        planned = [sharing.done_prefix({nb: {"status": "done", "key": k} for nb, k in r.keys.items()}, run.keys, books)
-                   for r in runs[:i]]
+        planned = [sharing.planned_prefix(r.keys, run.keys, books) for r in runs[:i]]
         out.append((run, "run", max([own, sharing.find_donor(run, sweep_dir, books)[1], *planned], key=len)))
     return out
 
@@ -381,9 +385,14 @@ def _write_runs_csv(sweep_dir: Path, outcomes: list[RunOutcome]) -> Path:
 
 def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: bool = False,
               compare: bool = True, progress: bool = True, estimate_from: str | Path | None = None,
-              notebook_dir: Path = NOTEBOOK_DIR, echo=print) -> tuple[Path, list[RunOutcome]]:
+              notebook_dir: Path = NOTEBOOK_DIR, echo=print, jobs: int = 1, executor: str = "processes",
+              executor_settings: dict[str, Any] | None = None) -> tuple[Path, list[RunOutcome]]:
     """Expand, then execute every run of the sweep (see the module docstring). Returns the sweep folder
-    and one :class:`RunOutcome` per run; the caller decides the exit code from the statuses."""
+    and one :class:`RunOutcome` per run; the caller decides the exit code from the statuses.
+
+    ``jobs`` > 1 or an ``executor`` other than ``processes`` runs grid points through
+    :mod:`improve_lib.scheduling` (several processes, or submitit jobs with ``executor_settings``); each
+    waits for the earlier runs whose stages it shares. ``jobs=1`` with ``processes`` runs them in order here."""
     books = selected_notebooks(spec, notebook_dir)
     runs = expand(spec, notebook_dir)
     checked = set()
@@ -394,7 +403,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
     sweep_dir = Path(sweep_dir or default_sweep_dir(spec)).expanduser().resolve()
     if dry_run:
         return sweep_dir, _dry_run(runs, sweep_dir, books, estimate_from, echo)
-
+    in_order = jobs == 1 and executor == "processes"
+    pool = None if in_order else scheduling.make_executor(executor, jobs, sweep_dir / "jobs", executor_settings)
     foreign = [f"{r.name} ({_identity_of(sweep_dir / r.name)})" for r in runs
                if _identity_of(sweep_dir / r.name) not in (None, _identity(spec, r))]
     if foreign:
@@ -408,49 +418,79 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
         "variants": spec.variants, "seeds": spec.seeds, "set": spec.sets, "from": spec.from_nb, "to": spec.to_nb,
         "notebooks": [b.name for b in books], "started": datetime.now().astimezone().isoformat(timespec="seconds"),
     }, sort_keys=False))
-    outcomes = []
-    for i, run in enumerate(runs, start=1):
-        run_dir = sweep_dir / run.name
-        t0 = time.time()
-        m = manifest.load(run_dir)
-        own = sharing.done_prefix(m.get("stages", {}), run.keys, books)
-        if len(own) == len(books):
-            outcomes.append(RunOutcome(run, "skipped (complete)"))
-            echo(f"[{i}/{len(runs)}] {run.name}: complete, skipped")
-            continue
-        reused = ""
-        try:
-            donor, shared = sharing.find_donor(run, sweep_dir, books)
-            if donor is not None and len(shared) > len(own):
-                if run_dir.exists():
-                    shutil.rmtree(run_dir)  # an unfinished run of this sweep: the donor has more
-                sharing.adopt_stages(run_dir, donor, shared)
-                reused = f"{shared[0][:2]}-{shared[-1][:2]} from {donor.name}"
-            elif own:
-                reused = f"{own[0][:2]}-{own[-1][:2]} (own, resumed)"
-            echo(f"[{i}/{len(runs)}] {run.name}: " + (f"reuses {reused}" if reused else "runs every notebook"))
-            m = manifest.load(run_dir)
-            m["sweep"] = {"folder": str(sweep_dir), "point": run.point, "seed": run.seed, **_identity(spec, run)}
-            run_dir.mkdir(parents=True, exist_ok=True)
-            manifest.save(run_dir, m)
-            run_pipeline(spec.profile, dataset=spec.dataset, data_dir=spec.data_dir, run_dir=run_dir,
-                         only=[b.name[:2] for b in books], sets={**spec.sets, **run.sets, "SEED": run.seed},
-                         resume=True, force=True, progress=progress, notebook_dir=notebook_dir)
-            outcomes.append(RunOutcome(run, "done", time.time() - t0, reused))
-        except (StudyInputError, StudyRunError) as exc:
-            outcomes.append(RunOutcome(run, "failed", time.time() - t0, reused, str(exc).splitlines()[0]))
-            echo(f"[{i}/{len(runs)}] {run.name}: FAILED: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a sweep goes on past any failed run and reports it
-            outcomes.append(RunOutcome(run, "failed", time.time() - t0, reused, f"{type(exc).__name__}: {exc}"))
-            echo(f"[{i}/{len(runs)}] {run.name}: FAILED: {type(exc).__name__}: {exc}")
-        _write_runs_csv(sweep_dir, outcomes)
-    _write_runs_csv(sweep_dir, outcomes)
+    outcomes: dict[int, RunOutcome] = {}
+    tasks = {}
+    for i, run in enumerate(runs):
+        label = f"[{i + 1}/{len(runs)}] {run.name}"
+        if len(sharing.done_prefix(manifest.load(sweep_dir / run.name).get("stages", {}), run.keys, books)) == len(books):
+            outcomes[i] = RunOutcome(run, "skipped (complete)")
+            echo(f"{label}: complete, skipped")
+        else:
+            tasks[i] = (spec, run, label, sweep_dir, books, notebook_dir, progress and in_order)
+
+    def with_busy(i: int) -> tuple:  # at submission: the runs still being written are no donors
+        return (*tasks[i], tuple(runs[k].name for k in tasks if k != i and k not in outcomes))
+
+    def record(i: int, outcome: RunOutcome) -> None:
+        outcomes[i] = outcome
+        _write_runs_csv(sweep_dir, [outcomes[k] for k in sorted(outcomes)])
+        if not in_order:
+            echo(f"{tasks[i][2]}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else "")
+                 + f", {outcome.seconds / 60:.1f} min")
+
+    if in_order:
+        for i, args in tasks.items():
+            record(i, execute_run(*args, (), echo=echo))
+    else:
+        available = [len(max(sharing.done_prefix(manifest.load(sweep_dir / r.name).get("stages", {}), r.keys, books),
+                             sharing.find_donor(r, sweep_dir, books)[1], key=len)) for r in runs]
+        waits = scheduling.waits_for([r.keys for r in runs], books, available)
+        scheduling.run_all(list(tasks), with_busy, execute_run, waits, jobs, pool,
+                           on_start=lambda i: echo(f"{tasks[i][2]}: started"), on_done=record,
+                           on_error=lambda i, exc: RunOutcome(runs[i], "failed", error=f"{type(exc).__name__}: {exc}"))
+    ordered = [outcomes[k] for k in sorted(outcomes)]
+    _write_runs_csv(sweep_dir, ordered)
     if compare:
         try:
             render_comparison(sweep_dir, notebook_dir=notebook_dir, progress=progress)
         except StudyRunError as exc:
-            outcomes.append(RunOutcome(SweepRun(COMPARE_NOTEBOOK, {}, -1, {}, {}), "failed", error=str(exc)))
-    return sweep_dir, outcomes
+            ordered.append(RunOutcome(SweepRun(COMPARE_NOTEBOOK, {}, -1, {}, {}), "failed", error=str(exc)))
+    return sweep_dir, ordered
+
+
+def execute_run(spec: SweepSpec, run: SweepRun, label: str, sweep_dir: Path, books: list[Path],
+                notebook_dir: Path, progress: bool, busy: Sequence[str] = (), echo=print) -> RunOutcome:
+    """Run one grid point: copy the longest chain of finished stages from a donor run (or resume its own),
+    then run the rest of its notebooks. ``busy``: runs being written meanwhile, which are no donors. Never
+    raises for a failed run: the outcome says ``failed``."""
+    run_dir = sweep_dir / run.name
+    t0 = time.time()
+    own = sharing.done_prefix(manifest.load(run_dir).get("stages", {}), run.keys, books)
+    reused = ""
+    try:
+        donor, shared = sharing.find_donor(run, sweep_dir, books, busy)
+        if donor is not None and len(shared) > len(own):
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # an unfinished run of this sweep: the donor has more
+            sharing.adopt_stages(run_dir, donor, shared)
+            reused = f"{shared[0][:2]}-{shared[-1][:2]} from {donor.name}"
+        elif own:
+            reused = f"{own[0][:2]}-{own[-1][:2]} (own, resumed)"
+        echo(f"{label}: " + (f"reuses {reused}" if reused else "runs every notebook"))
+        m = manifest.load(run_dir)
+        m["sweep"] = {"folder": str(sweep_dir), "point": run.point, "seed": run.seed, **_identity(spec, run)}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        manifest.save(run_dir, m)
+        run_pipeline(spec.profile, dataset=spec.dataset, data_dir=spec.data_dir, run_dir=run_dir,
+                     only=[b.name[:2] for b in books], sets={**spec.sets, **run.sets, "SEED": run.seed},
+                     resume=True, force=True, progress=progress, notebook_dir=notebook_dir)
+        return RunOutcome(run, "done", time.time() - t0, reused)
+    except (StudyInputError, StudyRunError) as exc:
+        echo(f"{label}: FAILED: {exc}")
+        return RunOutcome(run, "failed", time.time() - t0, reused, str(exc).splitlines()[0])
+    except Exception as exc:  # noqa: BLE001 - a sweep goes on past any failed run and reports it
+        echo(f"{label}: FAILED: {type(exc).__name__}: {exc}")
+        return RunOutcome(run, "failed", time.time() - t0, reused, f"{type(exc).__name__}: {exc}")
 
 
 def _dry_run(runs: list[SweepRun], sweep_dir: Path, books: list[Path], estimate_from, echo) -> list[RunOutcome]:

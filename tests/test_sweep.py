@@ -232,6 +232,57 @@ def test_sweep_shares_upstream_skips_complete_and_continues_past_failure(tiny_no
     assert _log(sw) == ["01 k_7-seed1", "02 k_7-seed1"]
 
 
+def _reuse(sw: Path, names) -> dict[str, dict[str, str | None]]:
+    return {n: {nb: st.get("reused_from") for nb, st in manifest.load(sw / n)["stages"].items()} for n in names}
+
+
+@pytest.mark.slow
+def test_jobs_2_gives_the_results_of_jobs_1_and_computes_shared_stages_once(tiny_notebooks, tmp_path):
+    """--jobs 2 on a 2 x 2 grid: runs sharing notebook 01 wait for the run that computes it, the others run
+    at the same time; files, sharing and runs.csv are those of the sequential sweep."""
+    spec = _spec(grid={"K": [1, 2], "GAMMA": [1, 2]}, seeds=[0])
+    lines = []
+    _, seq = sweep.run_sweep(spec, tmp_path / "one", compare=False, progress=False, notebook_dir=tiny_notebooks)
+    _, par = sweep.run_sweep(spec, tmp_path / "two", compare=False, progress=False, notebook_dir=tiny_notebooks,
+                             jobs=2, echo=lines.append)
+    names = [o.run.name for o in seq]
+    assert [o.run.name for o in par] == names and {o.status for o in seq + par} == {"done"}
+    for n in names:
+        assert (tmp_path / "one" / n / "b.txt").read_text() == (tmp_path / "two" / n / "b.txt").read_text()
+    assert _reuse(tmp_path / "one", names) == _reuse(tmp_path / "two", names)
+    for sw in ("one", "two"):  # 01 once per K, 02 once per run
+        assert sorted(x for x in _log(tmp_path / sw) if x.startswith("01")) == ["01 k_1-gamma_1-seed0", "01 k_2-gamma_1-seed0"]
+    started = [x for x in lines if x.endswith("started")]
+    # the two runs that compute 01 start first; each run reusing one starts after it has finished
+    assert [x.split("] ")[1] for x in started[:2]] == ["k_1-gamma_1-seed0: started", "k_2-gamma_1-seed0: started"]
+    finished = {x.split("] ")[1].split(":")[0]: i for i, x in enumerate(lines) if ": done" in x}
+    starts = {x.split("] ")[1].split(":")[0]: i for i, x in enumerate(lines) if x.endswith("started")}
+    assert starts["k_1-gamma_2-seed0"] > finished["k_1-gamma_1-seed0"]
+    assert starts["k_2-gamma_2-seed0"] > finished["k_2-gamma_1-seed0"]
+    rows = [r.split(",")[:5] for r in (tmp_path / "two" / "runs.csv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == names and {r[4] for r in rows} == {"done"}
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_a_two_point_sweep(tiny_notebooks, tmp_path):
+    """--executor submitit-local: each grid point a submitit job (the path of --executor slurm), logs in jobs/."""
+    spec = _spec(grid={"GAMMA": [1, 2]}, seeds=[0])
+    sw, outcomes = sweep.run_sweep(spec, tmp_path / "sw", compare=False, progress=False, notebook_dir=tiny_notebooks,
+                                   jobs=2, executor="submitit-local", echo=lambda *_: None)
+    assert [o.status for o in outcomes] == ["done", "done"], sweep.report(outcomes)
+    assert (sw / "gamma_2-seed0" / "b.txt").read_text() == "0-1|2.0"
+    assert manifest.load(sw / "gamma_2-seed0")["stages"]["01_first.ipynb"]["reused_from"] == "gamma_1-seed0"
+    assert list((sw / "jobs").glob("*_log.out")) and (sw / "runs.csv").is_file()
+    # run again: both complete, nothing submitted
+    _, again = sweep.run_sweep(spec, sw, compare=False, progress=False, notebook_dir=tiny_notebooks, jobs=2,
+                               executor="submitit-local", echo=lambda *_: None)
+    assert [o.status for o in again] == ["skipped (complete)"] * 2
+    with pytest.raises(StudyInputError, match="--jobs must be at least 1"):
+        sweep.run_sweep(spec, tmp_path / "x", notebook_dir=tiny_notebooks, jobs=0)
+    with pytest.raises(StudyInputError, match="--slurm settings need"):
+        sweep.run_sweep(spec, tmp_path / "x", notebook_dir=tiny_notebooks, jobs=2, executor_settings={"a": 1})
+
+
 def test_donor_whose_files_a_later_stage_rewrote_is_not_reused(tmp_path):
     books = [Path("01_first.ipynb"), Path("02_second.ipynb")]
     keys = {"01_first.ipynb": "k1", "02_second.ipynb": "k2"}
@@ -273,11 +324,12 @@ def test_resume_with_force_reruns_from_the_first_changed_notebook(tiny_notebooks
 @pytest.mark.slow
 def test_smoke_sweep_2x2_and_comparison_notebook(smoke_synthetic_run, tmp_path):
     """A 2x2 sweep on the smoke profile (to 06, for CI time) over one sampling and one evaluation
-    parameter. A plain run of the same settings placed in the sweep folder lends its 01-04 (equal stage
-    keys: the same computation), 05 runs once per guidance scale, 06 in every run; 08 renders the table."""
+    parameter, with --jobs 2. A plain run of the same settings placed in the sweep folder lends its 01-04
+    (equal stage keys: the same computation), 05 runs once per guidance scale, 06 in every run, as in a
+    sequential sweep (the two guidance scales run at once); 08 renders the table."""
     shutil.copytree(smoke_synthetic_run, tmp_path / "sw" / "plain-run")
     spec = _spec(grid={"GUIDANCE_SCALE": [0, 2], "EVAL_EPOCHS": [1, 2]}, seeds=[0], from_nb="05", to_nb="06")
-    sw, outcomes = sweep.run_sweep(spec, tmp_path / "sw", progress=False)
+    sw, outcomes = sweep.run_sweep(spec, tmp_path / "sw", progress=False, jobs=2)
     assert [o.status for o in outcomes] == ["done"] * 4, sweep.report(outcomes)
     names = [o.run.name for o in outcomes]
     assert names[:2] == ["guidance_scale_0-eval_epochs_1-seed0", "guidance_scale_0-eval_epochs_2-seed0"]
