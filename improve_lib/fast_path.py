@@ -4,7 +4,8 @@ None of these changes the recipe. On a CPU without ``COMPILE`` the step is compu
 committed results stay reproducible); on a GPU the layout and the fused AdamW change float rounding only.
 
 - ``COMPILE`` (a run option of :mod:`improve_lib.train`): ``torch.compile`` mode for the training step's
-  UNet call, or ``none``. ``reduce-overhead`` adds CUDA graphs (static shapes: the batch size is fixed), which
+  UNet call, or ``none``. ``reduce-overhead`` (and ``max-autotune``, which also tunes kernels for minutes)
+  adds CUDA graphs (static shapes: the batch size is fixed), which
   removes the kernel launches that leave a GPU idle at the paper's batch 16 and 64 px. Only the training
   call is compiled: checkpoints, exports and the preview sampler use the plain module (its parameter
   names unchanged, and no second compilation for the sampler's batch).
@@ -39,7 +40,7 @@ def compiled(model: torch.nn.Module, compile_mode: str):
         return model
     # dynamic=False: one graph for the one training batch shape
     fn = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
-    if compile_mode != "reduce-overhead":
+    if compile_mode not in ("reduce-overhead", "max-autotune"):  # the modes that add CUDA graphs
         return fn
 
     def new_step(*args, **kwargs):

@@ -65,8 +65,9 @@ def _declared(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Any], ...
 
 def _declared_without_papermill(path: str) -> tuple[tuple[str, str], ...]:
     """The ``parameters`` cell's ``NAME = value`` assignments read with ``ast``, for machines without papermill
-    (a bare GPU image running the training benchmark). tests/test_environment.py checks that it agrees with
-    papermill's parser on every notebook."""
+    (a bare GPU image running the training benchmark). It reads the one-line ``NAME = value  # help`` form
+    the notebooks use (papermill's parser differs on other forms: typed or multi-line assignments, magics);
+    tests/test_environment.py checks that both agree on every notebook."""
     cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
     cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:

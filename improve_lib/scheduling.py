@@ -24,7 +24,7 @@ import yaml
 from . import sharing
 from .errors import StudyInputError
 
-__all__ = ["EXECUTORS", "make_executor", "parse_settings", "run_all", "waits_for"]
+__all__ = ["EXECUTORS", "check_options", "make_executor", "parse_settings", "run_all", "waits_for"]
 
 EXECUTORS = ("processes", "slurm", "submitit-local")
 
@@ -48,8 +48,12 @@ class _Processes:
     def submit(self, fn: Callable, *args: Any):
         return self.pool.submit(fn, *args)
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, stop: bool) -> None:
+        """Release the workers; with ``stop`` (the sweep was interrupted) end the running ones now."""
+        processes = list((getattr(self.pool, "_processes", None) or {}).values()) if stop else []
+        self.pool.shutdown(wait=not stop, cancel_futures=True)
+        for proc in processes:  # ProcessPoolExecutor has no public way to stop a running task (before 3.14)
+            proc.terminate()
 
 
 class _Submitit:
@@ -69,8 +73,9 @@ class _Submitit:
         self.jobs.append(job)
         return job
 
-    def shutdown(self) -> None:
-        for job in self.jobs:  # an interrupted sweep leaves no job behind
+    def shutdown(self, stop: bool) -> None:
+        """With ``stop`` (the sweep was interrupted), cancel the jobs still queued or running."""
+        for job in self.jobs if stop else []:
             if not job.done():
                 job.cancel(check=False)
 
@@ -86,14 +91,19 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def make_executor(kind: str, jobs: int, folder: Path, parameters: Mapping[str, Any] | None = None):
-    """The executor ``sweep --executor kind --jobs jobs`` uses (``parameters``: submitit's, e.g. ``slurm_partition``)."""
+def check_options(kind: str, jobs: int, parameters: Mapping[str, Any] | None = None) -> None:
+    """Refuse a bad ``--executor`` / ``--jobs`` / ``--slurm`` combination before anything runs."""
     if kind not in EXECUTORS:
         raise StudyInputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
     if jobs < 1:
         raise StudyInputError(f"--jobs must be at least 1, got {jobs}")
     if parameters and kind == "processes":
         raise StudyInputError("--slurm settings need --executor slurm (or submitit-local)")
+
+
+def make_executor(kind: str, jobs: int, folder: Path, parameters: Mapping[str, Any] | None = None):
+    """The executor ``sweep --executor kind --jobs jobs`` uses (``parameters``: submitit's, e.g. ``slurm_partition``)."""
+    check_options(kind, jobs, parameters)
     return _Processes(jobs) if kind == "processes" else _Submitit(kind, folder, parameters or {})
 
 
@@ -103,9 +113,15 @@ def run_all(tasks: Sequence[int], args: Callable[[int], tuple], fn: Callable, wa
     """Run ``fn(*args(i))`` for every ``i`` of ``tasks`` on ``executor``, at most ``jobs`` at once, each after
     the tasks in ``waits[i]`` that are in ``tasks`` have finished (in order of ``i`` where free to choose);
     ``args(i)`` is called when ``i`` is submitted.
-    ``on_done(i, result)`` is called in this process as each finishes; a job that dies without a result is
-    passed to ``on_error(i, exception)``, whose return value is then recorded as its result."""
+    ``on_done(i, result)`` is called in this process as each finishes; a job that could not be submitted or
+    died without a result is passed to ``on_error(i, exception)``, whose return value is its result. An
+    interruption (Ctrl-C) stops the running jobs and is raised again."""
     pending, running, finished = sorted(tasks), {}, set()
+
+    def finish(i: int, result: Any) -> None:
+        finished.add(i)
+        on_done(i, result)
+
     try:
         while pending or running:
             for i in list(pending):
@@ -113,19 +129,22 @@ def run_all(tasks: Sequence[int], args: Callable[[int], tuple], fn: Callable, wa
                     break
                 if all(j in finished or j not in tasks for j in waits.get(i, [])):
                     pending.remove(i)
-                    running[i] = executor.submit(fn, *args(i))
-                    on_start(i)
+                    try:
+                        running[i] = executor.submit(fn, *args(i))
+                        on_start(i)
+                    except Exception as exc:  # noqa: BLE001 - a broken pool or a refused sbatch fails this point only
+                        finish(i, on_error(i, exc))
             done = [i for i, job in running.items() if job.done()]
             if not done:
                 time.sleep(poll_s)
                 continue
             for i in done:
-                job = running.pop(i)
                 try:
-                    result = job.result()
+                    result = running.pop(i).result()
                 except Exception as exc:  # noqa: BLE001 - a crashed worker or job is a failed grid point
                     result = on_error(i, exc)
-                finished.add(i)
-                on_done(i, result)
-    finally:
-        executor.shutdown()
+                finish(i, result)
+    except BaseException:
+        executor.shutdown(stop=True)
+        raise
+    executor.shutdown(stop=False)

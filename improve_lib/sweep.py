@@ -404,7 +404,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
     if dry_run:
         return sweep_dir, _dry_run(runs, sweep_dir, books, estimate_from, echo)
     in_order = jobs == 1 and executor == "processes"
-    pool = None if in_order else scheduling.make_executor(executor, jobs, sweep_dir / "jobs", executor_settings)
+    scheduling.check_options(executor, jobs, executor_settings)
     foreign = [f"{r.name} ({_identity_of(sweep_dir / r.name)})" for r in runs
                if _identity_of(sweep_dir / r.name) not in (None, _identity(spec, r))]
     if foreign:
@@ -442,10 +442,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
         for i, args in tasks.items():
             record(i, execute_run(*args, (), echo=echo))
     else:
-        available = [len(max(sharing.done_prefix(manifest.load(sweep_dir / r.name).get("stages", {}), r.keys, books),
-                             sharing.find_donor(r, sweep_dir, books)[1], key=len)) for r in runs]
-        waits = scheduling.waits_for([r.keys for r in runs], books, available)
-        scheduling.run_all(list(tasks), with_busy, execute_run, waits, jobs, pool,
+        pool = scheduling.make_executor(executor, jobs, sweep_dir / "jobs", executor_settings)
+        scheduling.run_all(list(tasks), with_busy, execute_run, _waits(runs, tasks, sweep_dir, books), jobs, pool,
                            on_start=lambda i: echo(f"{tasks[i][2]}: started"), on_done=record,
                            on_error=lambda i, exc: RunOutcome(runs[i], "failed", error=f"{type(exc).__name__}: {exc}"))
     ordered = [outcomes[k] for k in sorted(outcomes)]
@@ -456,6 +454,17 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
         except StudyRunError as exc:
             ordered.append(RunOutcome(SweepRun(COMPARE_NOTEBOOK, {}, -1, {}, {}), "failed", error=str(exc)))
     return sweep_dir, ordered
+
+
+def _waits(runs: list[SweepRun], tasks: dict[int, tuple], sweep_dir: Path, books: list[Path]) -> dict[int, list[int]]:
+    """Which earlier runs each run of a parallel sweep waits for: those that will lend it more notebooks than
+    it can take now from a finished folder (its own, or one that is not another run of this sweep)."""
+    available = []
+    for i, r in enumerate(runs):
+        own = sharing.done_prefix(manifest.load(sweep_dir / r.name).get("stages", {}), r.keys, books)
+        lent = sharing.find_donor(r, sweep_dir, books, [runs[k].name for k in tasks if k != i])[1]
+        available.append(max(len(own), len(lent)))
+    return scheduling.waits_for([r.keys for r in runs], books, available)
 
 
 def execute_run(spec: SweepSpec, run: SweepRun, label: str, sweep_dir: Path, books: list[Path],

@@ -280,7 +280,55 @@ def test_submitit_local_executor_runs_a_two_point_sweep(tiny_notebooks, tmp_path
     with pytest.raises(StudyInputError, match="--jobs must be at least 1"):
         sweep.run_sweep(spec, tmp_path / "x", notebook_dir=tiny_notebooks, jobs=0)
     with pytest.raises(StudyInputError, match="--slurm settings need"):
-        sweep.run_sweep(spec, tmp_path / "x", notebook_dir=tiny_notebooks, jobs=2, executor_settings={"a": 1})
+        sweep.run_sweep(spec, tmp_path / "x", notebook_dir=tiny_notebooks, executor_settings={"a": 1})
+    assert not (tmp_path / "x").exists()
+
+
+class _Job:
+    def __init__(self, value):
+        self.value = value
+
+    def done(self):
+        return True
+
+    def result(self):
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+class _FakeExecutor:
+    """Runs tasks at once; refuses to submit task 1 (a broken pool, a refused sbatch); task 2's job crashes."""
+
+    def __init__(self, interrupt_at=None):
+        self.submitted, self.stopped, self.interrupt_at = [], None, interrupt_at
+
+    def submit(self, fn, i):
+        if i == self.interrupt_at:
+            raise KeyboardInterrupt
+        if i == 1:
+            raise RuntimeError("pool is broken")
+        self.submitted.append(i)
+        return _Job(RuntimeError("worker died") if i == 2 else fn(i))
+
+    def shutdown(self, stop):
+        self.stopped = stop
+
+
+def test_run_all_records_refused_and_crashed_jobs_and_stops_workers_when_interrupted():
+    from improve_lib import scheduling
+
+    done, pool = {}, _FakeExecutor()
+    scheduling.run_all([0, 1, 2, 3], lambda i: (i,), lambda i: f"ok {i}", {3: [1]}, 2, pool,
+                       on_start=lambda i: None, on_done=done.__setitem__,
+                       on_error=lambda i, exc: f"failed {i}: {exc}")
+    assert done == {0: "ok 0", 1: "failed 1: pool is broken", 2: "failed 2: worker died", 3: "ok 3"}
+    assert pool.stopped is False  # finished normally: nothing to stop
+    pool = _FakeExecutor(interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        scheduling.run_all([0, 2], lambda i: (i,), lambda i: i, {}, 2, pool, on_start=lambda i: None,
+                           on_done=lambda i, r: None, on_error=lambda i, exc: None)
+    assert pool.stopped is True
 
 
 def test_donor_whose_files_a_later_stage_rewrote_is_not_reused(tmp_path):

@@ -313,6 +313,6 @@ def test_compiled_unet_resumes_exactly_and_saves_plain_parameter_names(run):
     a, b = _weights(run / "models" / "full" / sub), _weights(run / "models" / "resumed" / sub)
     assert a.keys() == b.keys() and not any("_orig_mod" in k for k in a)
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
+        assert torch.equal(a[k], b[k]), k  # bit for bit
     loss = [pd.read_csv(run / "models" / name / "loss.csv") for name in ("full", "resumed")]
-    pd.testing.assert_frame_equal(loss[0][loss[0]["step"] > 2].reset_index(drop=True), loss[1])
+    pd.testing.assert_frame_equal(loss[0][loss[0]["step"] > 2].reset_index(drop=True), loss[1], check_exact=True)
