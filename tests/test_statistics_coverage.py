@@ -15,7 +15,7 @@ import pytest
 
 from improve_lib.statistics import bootstrap_ci, macro_f1, macro_precision
 
-C, N_PER_CLASS, STUDIES, N_BOOT = 6, 50, 240, 1000
+C, N_PER_CLASS, STUDIES, N_BOOT = 6, 50, 240, 500
 
 
 def behaviour(harsh: bool = False):
