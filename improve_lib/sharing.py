@@ -30,6 +30,11 @@ def done_prefix(stages: dict[str, Any], keys: dict[str, str], books: list[Path])
     return out
 
 
+def own_prefix(run, sweep_dir: Path, books: list[Path]) -> list[str]:
+    """The leading notebooks ``run``'s own folder in ``sweep_dir`` has done with its current stage keys."""
+    return done_prefix(manifest.load(sweep_dir / run.name).get("stages", {}), run.keys, books)
+
+
 def planned_prefix(donor_keys: dict[str, str], keys: dict[str, str], books: list[Path]) -> list[str]:
     """The leading notebooks a run with stage ``keys`` will reuse from a run with ``donor_keys`` once that
     run has finished them all."""

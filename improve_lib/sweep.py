@@ -333,7 +333,7 @@ def plan(runs: list[SweepRun], sweep_dir: Path, books: list[Path]) -> list[tuple
     finish; used by ``--dry-run``."""
     out = []
     for i, run in enumerate(runs):
-        own = sharing.done_prefix(manifest.load(sweep_dir / run.name).get("stages", {}), run.keys, books)
+        own = sharing.own_prefix(run, sweep_dir, books)
         if len(own) == len(books):
             out.append((run, "complete", own))
             continue
@@ -422,7 +422,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
     tasks = {}
     for i, run in enumerate(runs):
         label = f"[{i + 1}/{len(runs)}] {run.name}"
-        if len(sharing.done_prefix(manifest.load(sweep_dir / run.name).get("stages", {}), run.keys, books)) == len(books):
+        if len(sharing.own_prefix(run, sweep_dir, books)) == len(books):
             outcomes[i] = RunOutcome(run, "skipped (complete)")
             echo(f"{label}: complete, skipped")
         else:
@@ -461,7 +461,7 @@ def _waits(runs: list[SweepRun], tasks: dict[int, tuple], sweep_dir: Path, books
     it can take now from a finished folder (its own, or one that is not another run of this sweep)."""
     available = []
     for i, r in enumerate(runs):
-        own = sharing.done_prefix(manifest.load(sweep_dir / r.name).get("stages", {}), r.keys, books)
+        own = sharing.own_prefix(r, sweep_dir, books)
         lent = sharing.find_donor(r, sweep_dir, books, [runs[k].name for k in tasks if k != i])[1]
         available.append(max(len(own), len(lent)))
     return scheduling.waits_for([r.keys for r in runs], books, available)
@@ -474,7 +474,7 @@ def execute_run(spec: SweepSpec, run: SweepRun, label: str, sweep_dir: Path, boo
     raises for a failed run: the outcome says ``failed``."""
     run_dir = sweep_dir / run.name
     t0 = time.time()
-    own = sharing.done_prefix(manifest.load(run_dir).get("stages", {}), run.keys, books)
+    own = sharing.own_prefix(run, sweep_dir, books)
     reused = ""
     try:
         donor, shared = sharing.find_donor(run, sweep_dir, books, busy)
