@@ -64,9 +64,11 @@ def _declared(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Any], ...
 
 
 def _declared_without_papermill(path: str) -> tuple[tuple[str, str], ...]:
-    """The ``parameters`` cell's ``NAME = value`` assignments read with ``ast``, for machines without papermill
-    (a bare GPU image running the training benchmark). It reads the one-line ``NAME = value  # help`` form
-    the notebooks use (papermill's parser differs on other forms: typed or multi-line assignments, magics);
+    """The ``parameters`` cell's ``NAME = value`` assignments read with ``ast``: for machines without papermill
+    (a bare GPU image running the training benchmark), and for :func:`notebook_defaults`, which the training
+    process calls when it exports its model (importing papermill costs seconds per process: nbformat's
+    jsonschema compiles dozens of grammars). It reads the one-line ``NAME = value  # help`` form the notebooks
+    use (papermill's parser differs on other forms: typed or multi-line assignments, magics);
     tests/test_environment.py checks that both agree on every notebook."""
     cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
     cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
@@ -96,7 +98,7 @@ def notebook_defaults(notebook: str, notebook_dir: Path = NOTEBOOK_DIR) -> dict[
     if len(books) != 1:
         raise StudyInputError(f"no notebook {notebook!r} in {notebook_dir}; "
                               f"available: {sorted(p.stem for p in notebook_dir.glob('[0-9][0-9]_*.ipynb'))}")
-    return {k: literal(v) for k, v in declared_parameters(books[0]).items()}
+    return {k: literal(v) for k, v in _declared_without_papermill(str(books[0]))}
 
 
 def all_declared(notebooks: Sequence[Path] | None = None) -> dict[str, dict[str, Any]]:

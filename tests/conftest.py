@@ -13,6 +13,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Every papermill cell the tests run is bounded (smoke cells take seconds): a hung kernel fails its
 # test naming the cell, instead of holding the suite until CI's hard limit.
 os.environ.setdefault("IMPROVE_CELL_TIMEOUT", "600")
+# `make test` runs the suite on pytest-xdist workers (TEST_WORKERS). The workers share the machine's cores:
+# each worker, and every notebook kernel or training process it starts (they inherit the environment),
+# gets its share of torch threads, because OpenMP threads beyond the cores spin against each other and
+# run the smoke models many times slower (measured; see the one_thread fixture).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (--dist loadgroup), the tests that use the shared smoke run go to one worker,
+    so that the run is made once, not once per worker."""
+    for item in items:
+        if "smoke_synthetic_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke_synthetic_run"))
 
 
 @pytest.fixture(autouse=True, scope="session")
