@@ -22,15 +22,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.e
     os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (--dist loadgroup), the tests that use the shared smoke run go to one worker,
-    so that the run is made once, not once per worker."""
-    for item in items:
-        if "smoke_synthetic_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("smoke_synthetic_run"))
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _fresh_embedding_cache(tmp_path_factory):
     """A cache per test session: a warm cache from an earlier run must not hide an encoder regression."""
@@ -40,7 +31,8 @@ def _fresh_embedding_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_synthetic_run(tmp_path_factory) -> Path:
     """One finished smoke run of every notebook on the embedded synthetic cells, shared by the tests
-    that check a full run and the sweep test that reuses its stages (one pipeline run instead of two)."""
+    that check a full run and the sweep test that reuses its stages (one pipeline run instead of two; one per
+    pytest-xdist worker that runs such a test)."""
     from improve_lib import pipeline
 
     return pipeline.run_pipeline("smoke", dataset="synthetic", run_dir=tmp_path_factory.mktemp("smoke") / "run",

@@ -41,9 +41,13 @@ def test_model_card_snippet_regenerates_the_samples_without_improve_lib(smoke_sy
     assert done.returncode == 0, done.stderr[-3000:]
     names = json.loads((run / "models" / arm / "final" / "class_names.json").read_text())
     for name in names:
-        ours = np.asarray(Image.open(tmp_path / f"{name}.png"))
-        theirs = np.asarray(Image.open(run / "samples" / arm / name / "0000.png"))
-        assert np.array_equal(ours, theirs), name
+        ours = np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int)
+        theirs = np.asarray(Image.open(run / "samples" / arm / name / "0000.png")).astype(int)
+        # The snippet samples one image, notebook 05 a batch of all classes: the convolutions sum in another
+        # order on some torch thread counts (one thread: 1 of 3072 values one grey level apart, measured),
+        # so a rounding step may flip; anything wrong in weights, seeds, guidance or scaling moves far more.
+        differ = ours != theirs
+        assert np.abs(ours - theirs).max() <= 1 and differ.mean() <= 0.002, (name, int(differ.sum()))
 
 
 def test_pipeline_folder_config_provenance_and_weights(smoke_synthetic_run):
