@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
+
 from .errors import StudyInputError
 from .io import atomic_write_json, sha256_file
 
@@ -113,6 +115,9 @@ def start(run_dir: str | Path, run_id: str, profile: str, params: dict[str, Any]
         "run_id": run_id, "profile": profile, "seed": params.get("SEED"), "dataset": params.get("DATASET"),
         "params": params, **provenance(),
         "python": sys.version.split()[0], "platform": platform.platform(),
+        # a CPU rerun gives the same bits only with the same thread count (the kernels inherit the runner's
+        # environment, OMP_NUM_THREADS included): another count sums the convolutions in another order
+        "torch_threads": torch.get_num_threads(),
         "started": m.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     save(run_dir, m)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def _check_run(run_dir, dataset, notebooks):
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["dataset"] == dataset and m["seed"] == 0
-    assert m["packages"]["torch"] and "commit" in m["git"]
+    assert m["packages"]["torch"] and "commit" in m["git"] and m["torch_threads"] >= 1
     assert sorted(m["stages"]) == sorted(notebooks)
     assert all(v["status"] == "done" for v in m["stages"].values())
     assert "data/split.csv" in m["outputs"] and "notebooks/01_explore_data.ipynb" in m["records"]
