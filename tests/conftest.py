@@ -17,6 +17,8 @@ os.environ.setdefault("IMPROVE_CELL_TIMEOUT", "600")
 # each worker, and every notebook kernel or training process it starts (they inherit the environment),
 # gets its share of torch threads, because OpenMP threads beyond the cores spin against each other and
 # run the smoke models many times slower (measured; see the one_thread fixture).
+# (The cores are counted as improve_lib.processes.usable_cpus does; importing that module here would load
+# torch, and with it OpenMP, before the variable is set, leaving this worker's own torch on every core.)
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
