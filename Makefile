@@ -53,7 +53,7 @@ sweep: $(STAMP)
 workshop: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m improve_lib run --profile smoke --run-dir runs/workshop-check --force --no-progress
 	HF_HUB_OFFLINE=1 $(PY) -m improve_lib run --profile demo --run-dir runs/workshop-demo --only 01,02,03 --force
-	$(PY) -m improve_lib.workshop check $(if $(OPENCLIP_WEIGHTS),--open-clip $(OPENCLIP_WEIGHTS))
+	$(PY) -m improve_lib.runs.workshop check $(if $(OPENCLIP_WEIGHTS),--open-clip $(OPENCLIP_WEIGHTS))
 
 # Wheels of every dependency, for `make venv PIP_ARGS="--no-index --find-links wheelhouse"` offline.
 wheelhouse: $(STAMP)
@@ -70,7 +70,7 @@ lock:
 
 # Strip outputs from the committed notebooks (executed copies live in run folders).
 strip: $(STAMP)
-	$(PY) -m improve_lib.notebook_tools strip notebooks/*.ipynb
+	$(PY) -m improve_lib.runs.notebook_tools strip notebooks/*.ipynb
 
 clean-runs:
 	rm -rf runs/smoke

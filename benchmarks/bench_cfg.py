@@ -4,7 +4,7 @@
     python benchmarks/bench_cfg.py --channels 64 128 256 512 --layers 2 --cond-dim 768 --resolution 64
 
 Both samplers run the same guided DDIM on the same untrained UNet and seeds; the batched one is
-``improve_lib.sample.ddim_sample`` (``guided_epsilon`` concatenates ``[x; x]`` with labels
+``improve_lib.diffusion.sample.ddim_sample`` (``guided_epsilon`` concatenates ``[x; x]`` with labels
 ``[y; null]``), the two-pass one calls the UNet twice per step. Prints both rates, their ratio and the
 largest pixel difference between the two outputs. Not a test.
 """
@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from improve_lib.models import build_unet  # noqa: E402
-from improve_lib.objective import noise_scheduler  # noqa: E402
-from improve_lib.sample import ddim_sample, ddim_scheduler  # noqa: E402
+from improve_lib.diffusion.sample import ddim_sample, ddim_scheduler  # noqa: E402
+from improve_lib.diffusion.training_objective import noise_scheduler  # noqa: E402
+from improve_lib.diffusion.unet import build_unet  # noqa: E402
 
 
 @torch.no_grad()

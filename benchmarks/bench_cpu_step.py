@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from improve_lib import models, objective, processes  # noqa: E402
-from improve_lib.parameters import notebook_defaults  # noqa: E402
+from improve_lib.core import machine
+from improve_lib.core.notebook_parameters import notebook_defaults  # noqa: E402
+from improve_lib.diffusion import training_objective, unet  # noqa: E402
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
@@ -40,13 +41,13 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float
 
 def make_step(option: str, cfg: dict, classes: int):
     """A training step closure for ``option`` over a fresh model (same seed for every option)."""
-    model = models.build_unet(cfg, classes)
+    model = unet.build_unet(cfg, classes)
     channels_last = "channels_last" in option
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if option == "compile" else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
-    sched = objective.noise_scheduler(cfg)
+    sched = training_objective.noise_scheduler(cfg)
     bf16 = option.startswith("bf16")
 
     def step(x0, y, t, noise):
@@ -93,7 +94,7 @@ def main() -> None:
     classes = 6
     cfg = {**notebook_defaults("04"), "BASE_CHANNELS": args.channels[0], "RESOLUTION": args.resolution,
            "CHANNEL_MULT": [c // args.channels[0] for c in args.channels], "COND_DIM": args.cond_dim}
-    flops = models.count_flops_per_step(models.build_unet(cfg, classes), args.batch, args.resolution)["step"]
+    flops = unet.count_flops_per_step(unet.build_unet(cfg, classes), args.batch, args.resolution)["step"]
     data = batches(args.steps, args.batch, args.resolution, classes)
     steps = {o: make_step(o, cfg, classes) for o in args.options}
     for o, step in steps.items():  # warm-up (and compilation) outside the timing
@@ -112,7 +113,7 @@ def main() -> None:
     fp32_mm, bf16_mm = max(roof["fp32"]), max(roof["bf16"])
     out = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "amx": torch.cpu._is_amx_tile_supported(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-           "threads": torch.get_num_threads(), "usable_cpus": processes.usable_cpus(),
+           "threads": torch.get_num_threads(), "usable_cpus": machine.usable_cpus(),
            "channels": args.channels, "batch": args.batch, "resolution": args.resolution,
            "gflop_per_step": round(flops / 1e9, 2),
            "matmul_gflops": {"fp32": round(fp32_mm, 1), "bf16": round(bf16_mm, 1)},

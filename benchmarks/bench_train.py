@@ -3,8 +3,8 @@
     python benchmarks/bench_train.py                       # small CPU config
     python benchmarks/bench_train.py --channels 32 64 128 --cond-dim 128 --batch 32 --resolution 32
 
-Both loops train the same UNet (``improve_lib.models.build_unet``, baseline arm) on the same in-memory
-images. The entry point (``improve_lib.train.train``) adds what a real run needs: per-step seeded
+Both loops train the same UNet (``improve_lib.diffusion.unet.build_unet``, baseline arm) on the same in-memory
+images. The entry point (``improve_lib.diffusion.train.train``) adds what a real run needs: per-step seeded
 generators, condition dropout, the loss all-reduce and NaN check, gradient clipping, EMA, the loss log
 and one checkpoint at its last step; the bare loop has none of these. The entry point is timed by its
 own ``steps_per_second`` (which leaves out checkpoint and preview time) after a warm-up run it resumes
@@ -30,10 +30,10 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from improve_lib.models import build_unet, count_flops_per_step, model_config  # noqa: E402
-from improve_lib.objective import noise_scheduler  # noqa: E402
-from improve_lib.parameters import notebook_defaults  # noqa: E402
-from improve_lib.train import train  # noqa: E402
+from improve_lib.core.notebook_parameters import notebook_defaults  # noqa: E402
+from improve_lib.diffusion.train import train  # noqa: E402
+from improve_lib.diffusion.training_objective import noise_scheduler  # noqa: E402
+from improve_lib.diffusion.unet import build_unet, count_flops_per_step, model_config  # noqa: E402
 
 
 def make_images(run_dir: Path, n: int, resolution: int, classes: int = 2, proto_dim: int | None = None) -> None:

@@ -7,7 +7,7 @@ Sections, each timed inside one process on the same card, so that ratios are com
 
 1. ``peak``: the card's dense bf16 peak from its data sheet (where known) and a measured large matmul.
 2. ``step``: seconds per training step and MFU of the UNet for the bare diffusers + accelerate loop
-   (``bench_train.bare_loop``) and for the entry point's own step (``improve_lib.train.TrainingRun.step``:
+   (``bench_train.bare_loop``) and for the entry point's own step (``improve_lib.diffusion.train.TrainingRun.step``:
    seeded draws, condition dropout, clipping, EMA, the loss log) without and with each ``COMPILE`` mode.
    MFU = FLOPs of one step (forward + backward, ``torch.utils.flop_counter``) x steps/s / peak.
 3. ``models_per_gpu``: K training processes (arms and seeds of a study) on the one device at once, each
@@ -38,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import bare_loop, make_images  # noqa: E402
-from improve_lib import processes  # noqa: E402
-from improve_lib.models import build_unet, count_flops_per_step, model_config  # noqa: E402
-from improve_lib.parameters import notebook_defaults  # noqa: E402
-from improve_lib.train import TrainingRun, resolve_config, train  # noqa: E402
+
+from improve_lib.core import machine  # noqa: E402
+from improve_lib.core.notebook_parameters import notebook_defaults  # noqa: E402
+from improve_lib.diffusion.train import TrainingRun, resolve_config, train  # noqa: E402
+from improve_lib.diffusion.unet import build_unet, count_flops_per_step, model_config  # noqa: E402
 
 # Dense bf16 tensor-core peaks from NVIDIA's data sheets (FLOP/s, without sparsity).
 SPEC_PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "L4": 121e12}
@@ -117,7 +118,7 @@ def entry_rate(cfg: dict, warmup: int, steps: int) -> float:
     try:
         return timed_steps(warm_run(cfg, warmup), warmup, steps)
     finally:
-        processes.reset_accelerate()
+        machine.reset_accelerate()
 
 
 def _worker(index: int, cfg: dict, warmup: int, threads: int, commands, results) -> None:

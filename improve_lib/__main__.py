@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from improve_lib.runs.cli import main
 
 sys.exit(main())

@@ -17,7 +17,7 @@ os.environ.setdefault("IMPROVE_CELL_TIMEOUT", "600")
 # each worker, and every notebook kernel or training process it starts (they inherit the environment),
 # gets its share of torch threads, because OpenMP threads beyond the cores spin against each other and
 # run the smoke models many times slower (measured; see the one_thread fixture).
-# (The cores are counted as improve_lib.processes.usable_cpus does; importing that module here would load
+# (The cores are counted as improve_lib.core.machine.usable_cpus does; importing that module here would load
 # torch, and with it OpenMP, before the variable is set, leaving this worker's own torch on every core.)
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -35,7 +35,7 @@ def smoke_synthetic_run(tmp_path_factory) -> Path:
     """One finished smoke run of every notebook on the embedded synthetic cells, shared by the tests
     that check a full run and the sweep test that reuses its stages (one pipeline run instead of two; one per
     pytest-xdist worker that runs such a test)."""
-    from improve_lib import pipeline
+    from improve_lib.runs import pipeline
 
     return pipeline.run_pipeline("smoke", dataset="synthetic", run_dir=tmp_path_factory.mktemp("smoke") / "run",
                                  progress=False)

@@ -5,7 +5,7 @@
 Compares, with each folder's own path replaced by a placeholder: ``data/split.csv`` (text), the tensors
 of ``prototypes/*.safetensors`` (bit for bit; their metadata order is not fixed), the sha256 of every
 trained arm's weights (``final/unet/`` and its raw variant, or the older ``final/`` and ``final/ema/``;
-via ``improve_lib.models.state_dict_sha256``) and
+via ``improve_lib.diffusion.unet.state_dict_sha256``) and
 ``metrics/metrics.json`` (NaN equal to NaN; wall-clock fields, keys ending in ``seconds``, left out). Prints
 one line per item and exits 1 when any differs.
 """
@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from improve_lib.models import RAW_VARIANT, state_dict_sha256  # noqa: E402
+from improve_lib.diffusion.trained_arm import RAW_VARIANT  # noqa: E402
+from improve_lib.diffusion.unet import state_dict_sha256
 
 
 def _text(run: Path, rel: str) -> str | None:

@@ -26,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from improve_lib import data, manifest, statistics, tstr  # noqa: E402
-from improve_lib.errors import StudyInputError  # noqa: E402
-from improve_lib.io import atomic_write_json, atomic_write_text  # noqa: E402
+from improve_lib import data  # noqa: E402
+from improve_lib.core import manifest
+from improve_lib.core.errors import StudyInputError  # noqa: E402
+from improve_lib.core.files import atomic_write_json, atomic_write_text  # noqa: E402
+from improve_lib.metrics import scores, tstr
 
 
 def parse_classifier(spec: str) -> tuple[str, int, int]:
@@ -75,10 +77,10 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             model = tstr.train_classifier(x_tr, y_tr, len(names), arch=arch, epochs=epochs, batch_size=64, lr=1e-3,
                                           seed=s, progress=False, input_size=size)
-            scores = statistics.classification_scores(y_te, tstr.predict(model, x_te), names)
+            result = scores.classification_scores(y_te, tstr.predict(model, x_te), names)
             seconds.append(time.perf_counter() - started)
-            f1.append(100 * scores["f1"])
-            acc.append(100 * scores["accuracy"])
+            f1.append(100 * result["f1"])
+            acc.append(100 * result["accuracy"])
         rows.append({"classifier": spec, "arch": arch, "input_px": size if arch == "efficientnet_lite0" else args.resolution,
                      "epochs": epochs, "seeds": len(args.seeds), "macro F1 %": float(np.mean(f1)),
                      "F1 std %": float(np.std(f1, ddof=1)) if len(f1) > 1 else 0.0,

@@ -8,6 +8,7 @@ Datasets (``DATASET``): ``synthetic`` (embedded default, generated into the run 
 ``ham10000``, ``bone_marrow``, ``dermamnist`` and ``bloodmnist`` (MedMNIST npz files).
 """
 from __future__ import annotations
+from improve_lib.core import run_layout
 
 import hashlib
 from dataclasses import dataclass, field
@@ -16,14 +17,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..errors import StudyInputError
-from ..io import atomic_path
-from . import bone_marrow, ham10000, medmnist, synthetic_cells
-from .images import ImageTableDataset, center_crop_resize, load_image, load_images, open_rgb, verify_images
-from .split import SPLIT_COLUMNS, finalise, per_class_group_split
+from improve_lib.core.errors import StudyInputError
+from improve_lib.core.files import atomic_path
+from improve_lib.data import bone_marrow, ham10000, medmnist, synthetic_cells
+from improve_lib.data.images import (ImageTableDataset, center_crop_resize, load_image, load_images, open_rgb,
+                                     verify_images)
+from improve_lib.data.split import SPLIT_COLUMNS, finalise, per_class_group_split
 
 DATASETS = ("synthetic", "ham10000", "bone_marrow", "dermamnist", "bloodmnist")
-SPLIT_CSV = Path("data") / "split.csv"
 
 __all__ = [
     "DATASETS", "SplitResult", "build_split", "check_source", "write_split", "read_split",
@@ -82,7 +83,7 @@ def build_split(dataset: str, data_dir: str | Path | None, run_dir: str | Path, 
         unknown = sorted(set(class_names) - set(synthetic_cells.CLASSES))
         if unknown:
             raise StudyInputError(f"synthetic: unknown class(es) {unknown} in CLASSES; valid: {list(synthetic_cells.CLASSES)}")
-        generated = synthetic_cells.generate(run_dir / "data" / "synthetic_cells", n_per_class=n_train + n_test,
+        generated = synthetic_cells.generate(run_layout.data_dir(run_dir) / "synthetic_cells", n_per_class=n_train + n_test,
                                              seed=seed, resolution=resolution, classes=class_names, progress=progress)
         pool = generated.assign(group=generated["path"].map(lambda p: Path(p).stem))
         selected, summary = per_class_group_split(pool, n_train, n_test, seed)
@@ -100,7 +101,7 @@ def build_split(dataset: str, data_dir: str | Path | None, run_dir: str | Path, 
         tr, s_tr = per_class_group_split(pool[pool.source_split == "train"], n_train, 0, seed)
         te, s_te = per_class_group_split(pool[pool.source_split == "test"], 0, n_test, seed)
         selected = medmnist.export_selected(pd.concat([tr, te], ignore_index=True), npz,
-                                            run_dir / "data" / dataset)
+                                            run_layout.data_dir(run_dir) / dataset)
         summary = s_tr.drop(columns=["test"]).merge(s_te[["class_name", "test"]], on="class_name")
         summary["short"] = (summary["train"] < n_train) | (summary["test"] < n_test)
         verify = False
@@ -122,8 +123,8 @@ def build_split(dataset: str, data_dir: str | Path | None, run_dir: str | Path, 
 
 def write_split(result: SplitResult, run_dir: str | Path) -> Path:
     """Write ``data/split.csv`` (and the per-class summary / exclusions beside it) atomically."""
-    data_dir = Path(run_dir) / "data"
-    out = data_dir / "split.csv"
+    data_dir = run_layout.data_dir(run_dir)
+    out = run_layout.split_csv(run_dir)
     with atomic_path(out) as tmp:
         result.table.to_csv(tmp, index=False)
     with atomic_path(data_dir / "split_summary.csv") as tmp:
@@ -136,7 +137,7 @@ def write_split(result: SplitResult, run_dir: str | Path) -> Path:
 
 def read_split(run_dir: str | Path) -> pd.DataFrame:
     """Read ``RUN_DIR/data/split.csv``; a missing file or column is an error saying what to run."""
-    path = Path(run_dir) / SPLIT_CSV
+    path = run_layout.split_csv(run_dir)
     if not path.is_file():
         raise StudyInputError(f"{path} not found: run notebook 01_explore_data for this RUN_DIR first")
     table = pd.read_csv(path, dtype={"group": str})
@@ -180,10 +181,10 @@ def training_images(run_dir: str | Path, resolution: int) -> tuple[torch.Tensor,
     class_names = class_names_of(table)
     train_rows = table[table["split"] == "train"]
     if train_rows.empty:
-        raise StudyInputError(f"{run_dir / SPLIT_CSV} has no rows with split == 'train'")
+        raise StudyInputError(f"{run_layout.split_csv(run_dir)} has no rows with split == 'train'")
     missing = sorted(set(class_names) - set(train_rows["class_name"]))
     if missing:
-        raise StudyInputError(f"{run_dir / SPLIT_CSV}: class(es) {missing} have no training images")
+        raise StudyInputError(f"{run_layout.split_csv(run_dir)}: class(es) {missing} have no training images")
     images, labels, digest = [], [], hashlib.sha256()
     for path, p, label in zip(train_rows["path"], split_paths(run_dir, train_rows), train_rows["label"]):
         images.append(load_image(p, resolution).mul(255).round().to(torch.uint8))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import StudyInputError
+from improve_lib.core.errors import StudyInputError
 
 # The 21 classes of the Matek 2021 dataset, and the 16 that the paper's Table 1 uses.
 ALL_CLASSES = ("ABE", "ART", "BAS", "BLA", "EBO", "EOS", "FGC", "HAC", "KSC", "LYI", "LYT", "MMZ",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import StudyInputError
+from improve_lib.core.errors import StudyInputError
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 CLASS_DESCRIPTIONS = {

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import StudyInputError
+from improve_lib.core.errors import StudyInputError
 
 
 def open_rgb(path: str | Path) -> Image.Image:

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..errors import StudyInputError
-from ..io import atomic_path
+from improve_lib.core.errors import StudyInputError
+from improve_lib.core.files import atomic_path
 
 CLASSES = {
     "dermamnist": ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"),

@@ -66,8 +66,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ..errors import StudyInputError
-from ..io import atomic_path
+from improve_lib.core.errors import StudyInputError
+from improve_lib.core.files import atomic_path
 
 __all__ = [
     "CLASSES",

@@ -1,0 +1,105 @@
+"""The run folder's layout: every path of a run, named once.
+
+A run folder (``runs/<run_id>/``, or a sweep's grid point) holds what each notebook writes, in the
+folder that notebook owns. Every module and notebook asks this module for a path instead of spelling
+it, so the layout can be read (and changed) in one place::
+
+    data/split.csv                 01: the split table (data/synthetic_cells/ for the embedded data)
+    embeddings/{train,test}.npz    02
+    prototypes/                    03: prototypes.safetensors, class_embeddings.safetensors, metrics.json
+    models/<arm>/                  04: config.yaml, checkpoint-<step>/, loss.csv, samples/, final/
+    samples/<arm>/<class>/         05: the generated PNGs; samples/<arm>/sampling.json
+    metrics/metrics.json           06 (fidelity/: resized real images, like for like)
+    tables/  figures/  review/     every notebook's tables and figures; 07's expert review
+    notebooks/                     the executed notebooks
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA, EMBEDDINGS, PROTOTYPES, MODELS, SAMPLES = "data", "embeddings", "prototypes", "models", "samples"
+TABLES, METRICS, FIDELITY, REVIEW, FIGURES, NOTEBOOKS = "tables", "metrics", "fidelity", "review", "figures", "notebooks"
+#: Every folder the pipeline writes into a run (the manifest hashes what they hold).
+RUN_FOLDERS = (DATA, EMBEDDINGS, PROTOTYPES, MODELS, SAMPLES, TABLES, METRICS, FIDELITY, REVIEW, FIGURES, NOTEBOOKS)
+#: The folders a notebook owns: a rerun of that notebook clears them first (tables and figures are shared).
+OWNED_FOLDERS = {"01": (DATA,), "02": (EMBEDDINGS,), "03": (PROTOTYPES,), "04": (MODELS,), "05": (SAMPLES,),
+                 "06": (METRICS, FIDELITY)}
+#: ``data/split.csv`` relative to the run folder.
+SPLIT_CSV = Path(DATA) / "split.csv"
+FINAL = "final"  # a trained arm's diffusers pipeline folder
+
+
+def split_csv(run_dir) -> Path:
+    """``RUN_DIR/data/split.csv``: the one table of every image of the run (notebook 01)."""
+    return Path(run_dir) / SPLIT_CSV
+
+
+def data_dir(run_dir) -> Path:
+    """``RUN_DIR/data``: the split and, for generated datasets, their images (notebook 01)."""
+    return Path(run_dir) / DATA
+
+
+def embeddings_file(run_dir, split: str) -> Path:
+    """``RUN_DIR/embeddings/<split>.npz`` (notebook 02; ``split`` is ``train`` or ``test``)."""
+    return Path(run_dir) / EMBEDDINGS / f"{split}.npz"
+
+
+def prototypes_dir(run_dir) -> Path:
+    """``RUN_DIR/prototypes``: the folder notebook 03 writes and notebooks 04 and 06 read."""
+    return Path(run_dir) / PROTOTYPES
+
+
+def arm_dir(run_dir, arm_name: str) -> Path:
+    """``RUN_DIR/models/<arm_name>``: where a training run writes everything (notebook 04)."""
+    return Path(run_dir) / MODELS / arm_name
+
+
+def final_dir(run_dir, arm_name: str) -> Path:
+    """``RUN_DIR/models/<arm_name>/final``: the trained arm's diffusers pipeline folder."""
+    return arm_dir(run_dir, arm_name) / FINAL
+
+
+def preview_png(arm_folder, step: int) -> Path:
+    """``models/<arm>/samples/step-<step>.png``: a training run's fixed-seed preview grid."""
+    return Path(arm_folder) / SAMPLES / f"step-{step}.png"
+
+
+def preview_pngs(arm_folder) -> list[Path]:
+    """A training run's preview grids, ``models/<arm>/samples/step-<n>.png``, in step order."""
+    return sorted((Path(arm_folder) / SAMPLES).glob("step-*.png"), key=lambda p: int(p.stem.removeprefix("step-")))
+
+
+def samples_dir(run_dir, arm: str | None = None) -> Path:
+    """``RUN_DIR/samples`` or, with ``arm``, ``RUN_DIR/samples/<arm>`` (notebook 05)."""
+    out = Path(run_dir) / SAMPLES
+    return out / arm if arm is not None else out
+
+
+def tables_dir(run_dir) -> Path:
+    """``RUN_DIR/tables``: every notebook's tables (CSV and Markdown)."""
+    return Path(run_dir) / TABLES
+
+
+def figures_dir(run_dir) -> Path:
+    """``RUN_DIR/figures``: every notebook's figures (PNG)."""
+    return Path(run_dir) / FIGURES
+
+
+def metrics_file(run_dir) -> Path:
+    """``RUN_DIR/metrics/metrics.json``: notebook 06's numbers."""
+    return Path(run_dir) / METRICS / "metrics.json"
+
+
+def fidelity_dir(run_dir) -> Path:
+    """``RUN_DIR/fidelity``: the real images resized like the samples, for like-for-like fidelity (06)."""
+    return Path(run_dir) / FIDELITY
+
+
+def review_dir(run_dir) -> Path:
+    """``RUN_DIR/review``: the blinded review tasks and the reviewers' judgments (notebook 07)."""
+    return Path(run_dir) / REVIEW
+
+
+def notebooks_dir(run_dir) -> Path:
+    """``RUN_DIR/notebooks``: the executed notebooks."""
+    return Path(run_dir) / NOTEBOOKS

@@ -1,0 +1,270 @@
+"""Commit the results, not the runs: a sweep folder condensed into ``results/<name>/`` for the repository.
+
+A reader checks a claim from these files without rerunning anything: the comparison of notebook 08
+(table, verdict, figure, summary), ``runs.csv``, and per run its ``metrics.json`` (TSTR, fidelity, tone,
+copy check), the tables of TSTR, fidelity and objective plausibility, ``prototypes_metrics.json``, ``manifest.json`` (git commit, package versions, parameters,
+input and output hashes, notebook times), ``params.yaml``, and the sample grids of notebook 05. No
+checkpoint and no image of a dataset is copied. ``COMMAND.md`` holds the command that made the sweep.
+For the paper's datasets ``SUMMARY.md`` puts the numbers over seeds in the layout of the paper's Tables
+3-6, the paper's beside them (:func:`summary_markdown`, written from the copied files only).
+
+:func:`verify` is the check a test runs on every committed folder: every run has its files, and every
+copied output still hashes to what its run's manifest recorded (so no number was edited by hand).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from improve_lib.core import manifest
+from improve_lib.core.errors import StudyInputError
+from improve_lib.core.files import atomic_write_text, sha256_file
+from improve_lib.metrics import paper_tables
+from improve_lib.report.comparison import MIN_SEEDS_FOR_A_CLAIM, seed_claim, t_interval
+
+# per run: (file in the run folder, name in the results folder); outputs the manifest hashed
+RUN_FILES = (("metrics/metrics.json", "metrics.json"), ("prototypes/metrics.json", "prototypes_metrics.json"),
+             ("params.yaml", "params.yaml"))
+# per run, when the run has them: the tables behind the per-seed numbers (TSTR, fidelity, objective plausibility)
+RUN_TABLES = (("tables/tstr.csv", "tstr.csv"), ("tables/fidelity.csv", "fidelity.csv"),
+              ("tables/objective_plausibility.csv", "objective_plausibility.csv"),
+              ("tables/tstr_per_class_f1.csv", "tstr_per_class_f1.csv"), ("tables/copy_check.csv", "copy_check.csv"),
+              ("tables/morphometry_calibration.csv", "morphometry_calibration.csv"))
+RUN_FIGURES = ("figures/05_samples_prototype.png", "figures/05_samples_baseline.png", "figures/05_tone_prototype.png",
+               "figures/05_tone_baseline.png")
+SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summary.csv", "comparison/verdict.md",
+               "comparison/comparison.png")
+
+
+def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
+    """Copy a finished sweep's evidence into ``out_dir`` (created; refused when it holds other files).
+    Only the sweep's runs (``runs.csv``) that reached notebook 06 are taken; ``command`` is written to ``COMMAND.md``. Returns ``out_dir``."""
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    missing = [f for f in SWEEP_FILES if not (sweep_dir / f).is_file()]
+    if missing:
+        raise StudyInputError(f"{sweep_dir}: {missing} missing; render notebook 08 (python -m improve_lib compare DIR)")
+    # the sweep's own runs (runs.csv), not a run folder that only lent its upstream notebooks to them
+    names = pd.read_csv(sweep_dir / "runs.csv", dtype=str)["run"].tolist()
+    outputs = {n: manifest.load(sweep_dir / n).get("outputs", {}) for n in sorted(names)
+               if (sweep_dir / n / manifest.MANIFEST).is_file()}
+    runs = [sweep_dir / n for n, recorded in outputs.items() if all(src in recorded for src, _ in RUN_FILES)]
+    if not runs:
+        raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    for rel in SWEEP_FILES:
+        _copy(sweep_dir / rel, out_dir / rel)
+    for run in runs:
+        for src, dst in RUN_FILES:
+            _copy(run / src, out_dir / "runs" / run.name / dst)
+        for src, dst in RUN_TABLES:
+            if (run / src).is_file() and src in outputs[run.name]:
+                _copy(run / src, out_dir / "runs" / run.name / dst)
+        _copy(run / manifest.MANIFEST, out_dir / "runs" / run.name / manifest.MANIFEST)
+        for fig in RUN_FIGURES:
+            if (run / fig).is_file():
+                _copy(run / fig, out_dir / "runs" / run.name / Path(fig).name)
+    atomic_write_text(out_dir / "COMMAND.md", f"# How these results were made\n\n```bash\n{command}\n```\n")
+    if _dataset(out_dir) in paper_tables.paper_datasets():
+        write_summary(out_dir)
+    verify(out_dir)
+    return out_dir
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+
+
+def verify(out_dir: str | Path) -> list[str]:
+    """Check a results folder: the sweep files and ``COMMAND.md`` exist, every run holds its files, and
+    each copied output hashes to the sha256 its run's manifest recorded. Returns the run names; raises
+    :class:`StudyInputError` naming the first problem."""
+    out_dir = Path(out_dir)
+    missing = [f for f in (*SWEEP_FILES, "COMMAND.md") if not (out_dir / f).is_file()]
+    if missing:
+        raise StudyInputError(f"{out_dir}: missing {missing}")
+    runs = sorted(p for p in (out_dir / "runs").iterdir() if p.is_dir()) if (out_dir / "runs").is_dir() else []
+    if not runs:
+        raise StudyInputError(f"{out_dir}: no runs/")
+    for run in runs:
+        recorded = manifest.load(run).get("outputs", {})
+        for (src, dst), required in [(f, True) for f in RUN_FILES] + [(f, False) for f in RUN_TABLES]:
+            path = run / dst
+            if not path.is_file():
+                if required:
+                    raise StudyInputError(f"{run}: {dst} missing")
+                continue
+            if src != "params.yaml" and recorded.get(src) != sha256_file(path):
+                raise StudyInputError(f"{path}: sha256 differs from its manifest's record of {src}: edited after the run?")
+    if (out_dir / SUMMARY).is_file() and (out_dir / SUMMARY).read_text(encoding="utf-8") != summary_markdown(out_dir):
+        raise StudyInputError(f"{out_dir / SUMMARY} is not what the folder's runs give: edited by hand, or written by "
+                              f"older code (rewrite it with improve_lib.report.results_folder.write_summary)")
+    return [r.name for r in runs]
+
+
+# ----------------------------------------------------------------------------- the paper's tables over seeds
+
+SUMMARY = "SUMMARY.md"
+ARMS = ("baseline", "prototype", "real")
+
+
+def _dataset(out_dir: Path) -> str | None:
+    path = Path(out_dir) / "sweep.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("dataset") if path.is_file() else None
+
+
+def _cell(values, digits: int = 1, signed: bool = False, percent: bool = False) -> str:
+    """``mean [low, high]`` (Student-t over seeds) or ``mean (n=1)``; ``-`` when nothing was measured.
+    ``percent``: the interval is shown clipped to [0, 100], as in notebook 08's table."""
+    mean, low, high = t_interval(list(values))
+    if math.isnan(mean):
+        return "-"
+    if percent and not math.isnan(low):
+        low, high = max(low, 0.0), min(high, 100.0)
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return f.format(mean) + (f" (n={len(values)})" if math.isnan(low) else f" [{f.format(low)}, {f.format(high)}]")
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _read_runs(out_dir: Path) -> list[dict]:
+    runs = []
+    for run in sorted(p for p in (out_dir / "runs").iterdir() if p.is_dir()):
+        m = manifest.load(run)
+        tables = {name: pd.read_csv(run / f"{name}.csv") for name in
+                  ("tstr", "fidelity", "objective_plausibility", "copy_check")
+                  if (run / f"{name}.csv").is_file()}
+        stages = m.get("stages", {})
+        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+        runs.append({"name": run.name, "seed": (m.get("sweep") or {}).get("seed"), "tables": tables,
+                     "comparison": (metrics.get("tstr") or {}).get("comparison"),
+                     "seconds": sum(float(st.get("seconds") or 0) for st in stages.values()),
+                     "own_seconds": sum(float(st.get("seconds") or 0) for st in stages.values() if not st.get("reused_from")),
+                     "params": yaml.safe_load((run / "params.yaml").read_text()) or {}})
+    return runs
+
+
+def summary_markdown(out_dir: str | Path) -> str:
+    """The results folder's runs (one per diffusion seed) in the paper's layout: TSTR (Tables 5/6) as mean
+    and 95 % Student-t interval over seeds with the paper's numbers beside; the prototype-minus-baseline F1
+    difference with its interval and paired t-test; objective plausibility per class (Tables 3/4; classes
+    the calibration leaves unscored say why); fidelity, copy check and run time. Read from the copied files
+    only, so :func:`verify` can check that the committed summary is what they give."""
+    out_dir = Path(out_dir)
+    dataset = _dataset(out_dir)
+    runs = _read_runs(out_dir)
+    paper = paper_tables.tstr(dataset) or {}
+    p0 = runs[0]["params"]
+    lines = [f"# {dataset}: the study over {len(runs)} diffusion seed(s)", "",
+             f"Profile `{p0.get('PROFILE')}`, {p0.get('RESOLUTION')} px, seeds {', '.join(str(r['seed']) for r in runs)}; "
+             f"TSTR classifier {p0.get('CLASSIFIER')} ({p0.get('EVAL_EPOCHS')} epochs, classifier seeds "
+             f"{p0.get('EVAL_SEEDS')}). Cells: mean over diffusion seeds and 95 % Student-t interval over them "
+             "(`(n=1)`: one seed, no interval). Written by `improve_lib.report.results_folder.summary_markdown` from this folder's "
+             "files; a test checks it.", "", "## Train on synthetic, test on real (the paper's Tables 5 and 6)", ""]
+    per = [r["tables"]["tstr"].set_index("training_set") for r in runs if "tstr" in r["tables"]]
+    rows = []
+    for arm in ARMS:
+        row = {"training set": arm}
+        for metric in ("precision", "recall", "f1"):
+            row[f"{metric} %"] = _cell([t.loc[arm, f"{metric}_mean"] for t in per if arm in t.index], percent=True)
+            if paper:
+                row[f"paper {metric} %"] = paper.get(metric, {}).get(arm, "")
+        rows.append(row)
+    lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+    diffs = [t.loc["prototype", "f1_mean"] - t.loc["baseline", "f1_mean"] for t in per
+             if {"prototype", "baseline"} <= set(t.index)]
+    if diffs:
+        text = f"**Prototype minus baseline, macro F1:** {_cell(diffs, signed=True)} points over {len(diffs)} seed(s)"
+        if len(diffs) >= MIN_SEEDS_FOR_A_CLAIM:
+            _, low, high = t_interval(diffs)
+            p, claim = seed_claim(diffs, low, high)
+            text += f", paired t-test p = {_p(p)}: **{claim}**."
+        else:
+            text += f": fewer than {MIN_SEEDS_FOR_A_CLAIM} seeds, no winner is declared."
+        if paper.get("f1"):
+            text += f" (Paper: {paper['f1']['prototype'] - paper['f1']['baseline']:+.2f} points, one run.)"
+        within = [f"seed {r['seed']} {100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] "
+                  f"(p = {_p(c['p_value'])})" for r in runs for c in [r["comparison"]] if c]
+        if within:
+            text += (" Within each run, the paired bootstrap over the real test images and classifier seeds "
+                     "(not over training): " + "; ".join(within) + ".")
+        lines += [text, ""]
+    lines += _plausibility_section(runs, dataset)
+    lines += _fidelity_section(runs)
+    lines += ["## Run time", "", "Notebooks 01-07 per seed as recorded in the manifests (a seed that reused the "
+              "first seed's 01-03 counts their recorded time): " + ", ".join(
+                  f"seed {r['seed']} {r['seconds'] / 60:.1f} min" + (f" ({r['own_seconds'] / 60:.1f} min its own)"
+                                                                     if r["own_seconds"] < r["seconds"] else "")
+                  for r in runs) + ".", ""]
+    return "\n".join(lines)
+
+
+def _plausibility_section(runs: list[dict], dataset: str) -> list[str]:
+    tabs = [r["tables"]["objective_plausibility"].set_index("class") for r in runs if "objective_plausibility" in r["tables"]]
+    if not tabs:
+        return []
+    expert = paper_tables.plausibility(dataset) or {}
+    rows = []
+    for cls in tabs[0].index:
+        row = {"class": cls}
+        for arm in ("baseline", "prototype"):
+            col = f"{arm} %"
+            row[f"{arm} %"] = _cell([t.loc[cls, col] for t in tabs if cls in t.index and col in t.columns
+                                     and not pd.isna(t.loc[cls, col])], percent=True)
+            if expert:
+                row[f"expert {arm} % (paper)"] = (expert[arm] if cls == "mean" else
+                                                  expert.get("per_class", {}).get(cls, {}).get(arm, ""))
+        reasons = sorted({str(t.loc[cls, "reason"]) for t in tabs if "reason" in t.columns and cls in t.index
+                          and isinstance(t.loc[cls, "reason"], str) and t.loc[cls, "reason"]})
+        row["not scored because"] = "; ".join(reasons)[:160] if row["baseline %"] == "-" else ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table["not scored because"].any():
+        table = table.drop(columns="not scored because")
+    return ["## Objective plausibility per class (the paper's Tables 3 and 4 layout)", "",
+            "% of generated images inside the class's morphometric region (learnt on the real training images, "
+            "calibrated on the held-out real ones); the `mean` row covers the scored classes only. The paper's "
+            "numbers are one expert's judgments of its GPU-scale images: another instrument, shown for orientation.",
+            "", table.to_markdown(index=False), ""]
+
+
+def _fidelity_section(runs: list[dict]) -> list[str]:
+    lines = []
+    fid = [r["tables"]["fidelity"] for r in runs if "fidelity" in r["tables"]]
+    if fid:
+        rows = []
+        for arm in ("real train", "baseline", "prototype"):
+            sub = [f[(f["arm"] == arm) & (f["class_name"] == "all")] for f in fid]
+            row = {"set": arm}
+            for col, scale in (("precision", 100), ("recall", 100), ("density", 1), ("coverage", 100),
+                               ("kid_mean", 1), ("prototype_consistency", 100)):
+                vals = [float(s[col].iloc[0]) * scale for s in sub if len(s) and col in s and not pd.isna(s[col].iloc[0])]
+                row[col + (" %" if scale == 100 else "")] = _cell(vals, digits=1 if scale == 100 else 3,
+                                                                  percent=scale == 100)
+            rows.append(row)
+        lines += ["## Fidelity and diversity (encoder space of notebook 02, against the real test images)", "",
+                  pd.DataFrame(rows).to_markdown(index=False), ""]
+    cc = [r["tables"]["copy_check"] for r in runs if "copy_check" in r["tables"]]
+    if cc:
+        rows = []
+        for (arm, space), _ in cc[0].groupby(["arm", "space"], sort=False):
+            vals = [100 * float(c[(c.arm == arm) & (c.space == space)]["share_flagged"].iloc[0]) for c in cc]
+            rows.append({"set": arm, "space": space, "near-copies %": _cell(vals, digits=2, percent=True)})
+        lines += ["## Copy check", "", "Share of images closer to a training image than any real test image is.", "",
+                  pd.DataFrame(rows).to_markdown(index=False), ""]
+    return lines
+
+
+def write_summary(out_dir: str | Path) -> Path:
+    """(Re)write ``SUMMARY.md`` of a results folder from its files; returns its path."""
+    path = Path(out_dir) / SUMMARY
+    atomic_write_text(path, summary_markdown(out_dir))
+    return path

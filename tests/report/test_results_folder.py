@@ -1,0 +1,67 @@
+"""Every results folder committed under results/ is complete, and its numbers are the ones its runs'
+manifests hashed when the runs wrote them (no number edited by hand)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from improve_lib.core.errors import StudyInputError
+from improve_lib.report import results_folder
+
+COMMITTED = sorted(p for p in (Path(__file__).resolve().parents[2] / "results").glob("*") if (p / "COMMAND.md").is_file())
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.name)
+def test_committed_results_are_complete_and_untouched(folder):
+    runs = results_folder.verify(folder)
+    assert runs, folder
+
+
+def test_an_edited_number_is_caught(tmp_path):
+    """A committed table or metrics file changed by hand no longer hashes to its manifest's record."""
+    source = next((p for p in COMMITTED if list(p.glob("runs/*/objective_plausibility.csv"))), None)
+    assert source is not None, "no committed results folder holds per-run tables"
+    for name in ("objective_plausibility.csv", "metrics.json"):
+        copy = tmp_path / name.split(".")[0]
+        shutil.copytree(source, copy)
+        edited = next(copy.glob(f"runs/*/{name}"))
+        edited.write_text(edited.read_text().replace("4", "5", 1))
+        with pytest.raises(StudyInputError, match="sha256 differs"):
+            results_folder.verify(copy)
+
+
+@pytest.mark.parametrize("dataset", ["bone_marrow", "ham10000"])
+def test_the_real_data_study_is_committed_with_its_summary(dataset, tmp_path):
+    """results/<dataset>/ (the laptop profile over diffusion seeds) is complete, its SUMMARY.md is what its
+    runs give, and a hand edit of the summary is caught."""
+    import yaml
+
+    folder = Path(__file__).resolve().parents[2] / "results" / dataset
+    assert results_folder.verify(folder)
+    spec = yaml.safe_load((folder / "sweep.yaml").read_text())
+    assert spec["dataset"] == dataset and spec["profile"] == "laptop" and not spec["grid"]
+    text = (folder / results_folder.SUMMARY).read_text()
+    assert text.startswith(f"# {dataset}:") and "| real " in text  # the real-image ceiling is reported
+    copy = tmp_path / dataset
+    shutil.copytree(folder, copy)
+    (copy / results_folder.SUMMARY).write_text(text.replace("| baseline ", "| baseline 1", 1))
+    with pytest.raises(StudyInputError, match="SUMMARY.md is not what"):
+        results_folder.verify(copy)
+
+
+def test_demo_objective_tables_are_the_ones_its_run_wrote():
+    """results/demo_objective holds files copied from one run folder: each must hash to what that run's
+    manifest recorded for it (tables/ and figures/ there)."""
+    import json
+
+    from improve_lib.core.files import sha256_file
+
+    folder = Path(__file__).resolve().parents[2] / "results" / "demo_objective"
+    outputs = json.loads((folder / "manifest.json").read_text())["outputs"]
+    copied = sorted(p.name for p in folder.iterdir() if p.name not in ("manifest.json", "README.md"))
+    assert {"objective_plausibility.csv", "objective_criteria.csv", "params.yaml"} <= set(copied)
+    for name in copied:
+        key = name if name == "params.yaml" else (f"figures/{name}" if name.endswith(".png") else f"tables/{name}")
+        assert sha256_file(folder / name) == outputs[key], f"{name} is not the file its run wrote"
