@@ -6,7 +6,7 @@
 Per resolution, the study's own split (``data.build_split``: N_TRAIN train and N_TEST test images per
 class, the run's seed, HAM10000 lesions never on both sides, Bone Marrow classes under MIN_PER_CLASS
 excluded) is written to a scratch folder, and notebook 07's first two steps run on it
-(``scoring.morphometry_calibration``): each class's region is fitted on the training images and
+(``morphometry_scoring.morphometry_calibration``): each class's region is fitted on the training images and
 judged on the held-out test images. Writes ``<dataset>_<R>px_calibration.csv/.md`` (own-class and
 other-class pass rates, Fisher's test), ``<dataset>_<R>px_calibration.png``, ``<dataset>_<R>px_masks.png``
 (the measured outlines on a few test images) and ``<dataset>.json``
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from improve_lib import data  # noqa: E402
 from improve_lib.core import manifest
 from improve_lib.core.files import atomic_write_json, atomic_write_text  # noqa: E402
-from improve_lib.plausibility import morphometry, scoring
+from improve_lib.plausibility import morphometry, morphometry_scoring
 
 
 def calibration_figure(table, title: str):
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
                                      None, args.min_per_class, res, verify=False, progress=False)
             data.write_split(split, scratch)
             started = time.perf_counter()
-            calibrated = scoring.morphometry_calibration(scratch, args.dataset, res, seed=args.seed,
+            calibrated = morphometry_scoring.morphometry_calibration(scratch, args.dataset, res, seed=args.seed,
                                                               progress=True)
             seconds = time.perf_counter() - started
             digest = data.split_sha256(split.table)

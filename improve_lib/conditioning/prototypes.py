@@ -98,6 +98,7 @@ class PrototypeResult:
 
 
 def as_tensor(vectors, name: str) -> torch.Tensor:
+    """Embedding vectors ``[N, D]`` checked (finite, 2-D) as a float32 tensor; errors name ``name``."""
     return torch.as_tensor(input_checks.vectors(vectors, name, np.float32))
 
 
@@ -106,6 +107,7 @@ def _as_labels(labels, n: int, n_classes: int, name: str) -> torch.Tensor:
 
 
 def cpl_features(x: torch.Tensor, projection: torch.Tensor | None, normalize: bool) -> torch.Tensor:
+    """f(x), the space CPL learns prototypes in: embeddings L2-normalised (if ``normalize``), then projected."""
     if normalize:
         x = F.normalize(x, dim=1)
     return x if projection is None else x @ projection.T
@@ -342,14 +344,9 @@ def prototype_metrics(result: PrototypeResult, train_vectors, train_labels, test
     }
 
 
-# ----------------------------------------------------------------------------- files
-
 def feature_space_note(params: dict, d: int) -> str:
+    """The space the prototypes live in, in words (stored in the prototypes files' metadata)."""
     space = "L2-normalised encoder embeddings" if params.get("normalize", True) else "raw encoder embeddings"
     if params.get("projection") == "linear":
         space = f"linear projection (projection.safetensors, weight [{d}, D]) of {space}"
     return f"{space}, dim {d}"
-
-
-# ----------------------------------------------------------------------------- the class table of an arm
-

@@ -9,10 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import pandas as pd
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from improve_lib.core import run_layout
 from improve_lib.core.errors import StudyInputError
 
 
@@ -95,3 +97,14 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     with atomic_path(path) as tmp:
         tmp.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n:])
     return Path(path)
+
+
+def save_table(df: pd.DataFrame, run_dir: str | Path, name: str) -> dict[str, Path]:
+    """Write ``tables/<name>.csv`` and ``tables/<name>.md`` atomically."""
+    out = run_layout.tables_dir(run_dir)
+    paths = {"csv": out / f"{name}.csv", "md": out / f"{name}.md"}
+    with atomic_path(paths["csv"]) as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
+    return paths

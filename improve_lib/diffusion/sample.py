@@ -38,8 +38,8 @@ from PIL import Image
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from improve_lib.core.errors import StudyInputError
 from improve_lib.core import run_layout
+from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_json
 from improve_lib.core.values import as_float, as_int, one_of, require
 from improve_lib.diffusion import guided_pipeline, trained_arm, training_objective, unet
@@ -243,4 +243,24 @@ def read_samples(run_dir: str | Path, arm: str, class_names: Sequence[str], n_pe
         if len(files) < int(n_per_class):
             raise StudyInputError(f"{out_dir / name}: {len(files)} images, fewer than N_PER_CLASS={n_per_class}")
         rows += [{"arm": arm, "class_name": name, "label": c, "path": str(p)} for p in files[: int(n_per_class)]]
+    return pd.DataFrame(rows)
+
+
+def generated_files(run_dir, arms: Sequence[str]) -> pd.DataFrame:
+    """Every generated image of ``arms``: ``samples/<arm>/<class>/*.png`` as rows ``arm, intended_class,
+    path`` (class folders in name order; empty ones skipped). A missing arm folder, or no image at all,
+    is an error naming the folder."""
+    run_dir = Path(run_dir)
+    rows = []
+    for arm in arms:
+        arm_dir = run_layout.samples_dir(run_dir, arm)
+        if not arm_dir.is_dir():
+            raise StudyInputError(f"objective plausibility: no samples for arm {arm!r}: {arm_dir} does not exist "
+                                  "(run notebook 05_sample first)")
+        found = [{"arm": arm, "intended_class": class_dir.name, "path": f}
+                 for class_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()) for f in sorted(class_dir.glob("*.png"))]
+        if not found:
+            raise StudyInputError(f"objective plausibility: no PNG samples under {arm_dir} (arm {arm!r}; "
+                                  "run notebook 05_sample first)")
+        rows += found
     return pd.DataFrame(rows)

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from prdc import compute_prdc
 
+from improve_lib import data
 from improve_lib.conditioning.prototypes import nearest_prototype_predict
-from improve_lib.core import input_checks
+from improve_lib.core import input_checks, run_layout
 from improve_lib.core.errors import StudyInputError
+from improve_lib.diffusion import sample
 
 
 def feature_space(encoder_id: str, resolution: int) -> str:
@@ -171,3 +174,25 @@ def fidelity_table(real_by_class: Mapping[str, object], fake_by_class_by_arm: Ma
             rows.append({"arm": arm, "class_name": "all",
                          **measure(r_all, np.concatenate(pooled_f), np.concatenate(pooled_y))})
     return pd.DataFrame(rows)
+
+
+def resized_real(run_dir: str | Path, split: str, resolution: int) -> pd.DataFrame:
+    """The run's real ``split`` images as the generated ones are: center-cropped, resized to ``resolution``
+    and written as 8-bit PNGs by the samples' own writer, into ``fidelity/real_<split>_<R>px/<class>/``.
+
+    Fidelity measures embed these rather than the originals, so that real and generated images differ
+    in what they show, not in their size (a 200x150 photograph and a 32 px sample are embedded from
+    different pixels). Existing copies are kept. Returns ``path, label, class_name`` per image.
+    """
+    table = data.read_split(run_dir)
+    rows = table[table.split == split]
+    if rows.empty:
+        raise StudyInputError(f"{run_layout.split_csv(run_dir)} has no {split} images")
+    out = run_layout.fidelity_dir(run_dir) / f"real_{split}_{int(resolution)}px"
+    records = []
+    for i, r in enumerate(rows.itertuples()):
+        path = out / str(r.class_name) / f"{i:05d}.png"
+        if not path.is_file():
+            sample.save_png(data.load_image(r.path, int(resolution)), path)
+        records.append({"path": str(path), "label": int(r.label), "class_name": r.class_name})
+    return pd.DataFrame(records)

@@ -38,10 +38,12 @@ import torch.nn.functional as F
 import torchvision
 from tqdm.auto import tqdm
 
-from improve_lib.conditioning import embeddings
-from improve_lib.core import input_checks
+from improve_lib import data
+from improve_lib.conditioning import efficientnet_lite0
+from improve_lib.core import input_checks, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import load_state_dict_file
+from improve_lib.diffusion import sample
 from improve_lib.metrics import scores
 
 ARCHS = ("resnext50_32x4d", "resnet18", "small_cnn", "efficientnet_lite0")
@@ -103,7 +105,7 @@ class _LiteNet(nn.Module):
 
     def __init__(self, num_classes: int):
         super().__init__()
-        self.backbone = embeddings.efficientnet_lite0_imagenet()
+        self.backbone = efficientnet_lite0.efficientnet_lite0_imagenet()
         self.backbone._fc = nn.Identity()  # the ImageNet head is replaced by ours
         self.fc = nn.Linear(1280, num_classes)
 
@@ -365,3 +367,22 @@ def classifier_label(budget: Mapping) -> str:
         return f"{arch}, initialised from {Path(budget['weights_path']).name}"
     return f"{arch}, trained from scratch"
 
+
+def train_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[str], n_per_class: int,
+               resolution: int) -> tuple[dict, tuple]:
+    """``({name: (images, labels)} for each arm and "real", (test_images, test_labels))``.
+
+    Generated images come from ``samples/<arm>/`` (checked: every class, at least ``n_per_class``);
+    the real training and test images from the run's split, at the run's resolution.
+    """
+    table = data.read_split(run_dir)
+    test = table[table.split == "test"]
+    if test.empty:
+        raise StudyInputError(f"{run_layout.split_csv(run_dir)} has no test images: set N_TEST >= 1 in notebook 01")
+    sets = {}
+    for arm in arms:
+        t = sample.read_samples(run_dir, arm, class_names, n_per_class)
+        sets[arm] = (data.load_images(t.path, resolution), t.label.to_numpy())
+    real = table[table.split == "train"]
+    sets["real"] = (data.load_images(real.path, resolution), real.label.to_numpy())
+    return sets, (data.load_images(test.path, resolution), test.label.to_numpy())

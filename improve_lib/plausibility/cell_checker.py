@@ -62,7 +62,7 @@ resolution, blur and the generator's own jitter (+-8 per RGB channel, stain hue/
   0.3-0.45 um and half transparent, below a pixel, so only "no coarse granules" is checked);
 * nucleoli: the rule's count, upper end + 1 (a nucleolus may show as two blobs).
 
-:func:`improve_lib.plausibility.scoring.validation_table` is the check that these bands work: fresh images of every class judged
+:func:`improve_lib.plausibility.checker_scoring.validation_table` is the check that these bands work: fresh images of every class judged
 against every class's rules. Measured on seeds never used for tuning: 40 per class (seeds 4242 at
 32 px, 4343 at 64 px, as in tests/plausibility/test_cell_checker.py) gives 100 % on the diagonal and 0 % elsewhere;
 200 per class (seeds 900 and 901) gives >= 98.5 % (32 px) and >= 99.5 % (64 px) on the diagonal and

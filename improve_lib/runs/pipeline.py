@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from traitlets.config import Config
 
 from improve_lib import data
-from improve_lib.conditioning import embeddings, prototypes
+from improve_lib.conditioning import encoders, prototypes
 from improve_lib.core import manifest, notebook_parameters, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_write_text
@@ -56,7 +56,7 @@ def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
     open_clip checkpoint path made absolute and checked. Returns the params with those coercions."""
     p = notebook_parameters.check_types(params)
     if isinstance(p.get("ENCODER"), str):
-        p["ENCODER"] = embeddings.resolve_encoder_path(p["ENCODER"])
+        p["ENCODER"] = encoders.resolve_encoder_path(p["ENCODER"])
     prototypes.check_settings(p["K"], p["GAMMA"], p["LAMBDA"], p["PROJECTION"], p["PROTO_EPOCHS"], p["PROTO_LR"],
                               p["PROTO_BATCH_SIZE"], p["PROTOTYPES_ON_SPHERE"])
     train.resolve_config({**p, "RUN_DIR": str(REPO), "ARM": train.ARMS[0]})

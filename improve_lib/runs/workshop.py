@@ -38,7 +38,7 @@ def _encoder(spec: str) -> Callable[[], str]:
         import torch
         from PIL import Image
 
-        from improve_lib.conditioning.embeddings import load_encoder
+        from improve_lib.conditioning.encoders import load_encoder
 
         enc = load_encoder(spec)
         vec = enc.encode(enc.preprocess(Image.new("RGB", (64, 64), (200, 120, 160)))[None])

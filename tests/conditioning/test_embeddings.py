@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from improve_lib.conditioning.embeddings import (Encoder, check_class_sets, default_cache_dir, embed_paths,
-                                                 load_embeddings, load_encoder, save_embeddings)
+from improve_lib.conditioning.embeddings import (check_class_sets, default_cache_dir, embed_paths, load_embeddings,
+                                                 save_embeddings)
+from improve_lib.conditioning.encoders import Encoder, load_encoder
 from improve_lib.core.errors import StudyInputError
 
 SHARED_DATA = Path(os.environ.get("IMPROVE_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")

@@ -196,7 +196,8 @@ def test_cpl_on_real_bone_marrow_beats_chance(tmp_path):
         if os.environ.get("CI"):  # CI always has the shared data: a skip there would hide a failure
             raise FileNotFoundError(f"CI expects the shared development data at {root}")
         pytest.skip(f"real data not found at {root} (set IMPROVE_SHARED_DATA to the shared data folder)")
-    from improve_lib.conditioning.embeddings import embed_paths, load_encoder
+    from improve_lib.conditioning.embeddings import embed_paths
+    from improve_lib.conditioning.encoders import load_encoder
 
     n_train, n_test = 30, 15
     train, test = [], []

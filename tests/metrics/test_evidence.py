@@ -7,9 +7,10 @@ import torch
 from PIL import Image
 
 from improve_lib import data
-from improve_lib.conditioning.embeddings import embed_paths, load_encoder
+from improve_lib.conditioning.embeddings import embed_paths
+from improve_lib.conditioning.encoders import load_encoder
 from improve_lib.diffusion import sample
-from improve_lib.metrics import copy_check, evaluation
+from improve_lib.metrics import copy_check, fidelity, tstr_report
 from improve_lib.report import comparison
 
 
@@ -33,7 +34,7 @@ def test_real_images_reach_the_encoder_as_samples_do(tmp_path):
     """Fidelity embeds real images resized to RESOLUTION and written by the samples' own PNG writer: a real
     image and a 'sample' with the same pixels give the same vector (nothing but content differs)."""
     run = _run_with_real_images(tmp_path / "run")
-    resized = evaluation.resized_real(run, "test", 16)
+    resized = fidelity.resized_real(run, "test", 16)
     assert len(resized) == 6 and all(Image.open(p).size == (16, 16) for p in resized.path)
     first = data.read_split(run).query("split == 'test'").path.iloc[0]
     as_sample = sample.save_png(data.load_image(first, 16), tmp_path / "samples" / "a" / "0000.png")
@@ -78,7 +79,7 @@ def test_one_run_declares_no_winner():
     result = {"sets": {a: {"ci": {"f1": [f, f - 0.05, f + 0.05]}} for a, f in (("prototype", 0.9), ("baseline", 0.5))},
               "comparison": {"diff": 0.4, "low": 0.3, "high": 0.5, "p_value": 0.001},
               "n_test": 300, "budget": {"seeds": [0, 1, 2]}}
-    text = evaluation.verdict(result)
+    text = tstr_report.verdict(result)
     assert "No winner is declared from one run" in text and "beat" not in text
 
 

@@ -261,7 +261,7 @@ def test_tstr_rejects_empty_test_split_and_bad_images():
 def test_pretrained_efficientnet_lite0_classifier_offline():
     """The offline ImageNet-pretrained TSTR classifier: packaged weights, own input scaling, upsampling,
     a new head; it trains and the table says which classifier made it."""
-    from improve_lib.conditioning.embeddings import efficientnet_lite0_imagenet
+    from improve_lib.conditioning.efficientnet_lite0 import efficientnet_lite0_imagenet
 
     model = build_classifier("efficientnet_lite0", 3, 16)
     ref = efficientnet_lite0_imagenet()

@@ -416,13 +416,13 @@ def test_real_ham_vascular_lesions_are_told_from_naevi(ham_dir):
 
 
 # ---------------------------------------------------------------------------------------------------
-# notebook 07's run-level steps (scoring.morphometry_calibration / morphometry_score) on a run
+# notebook 07's run-level steps (morphometry_scoring.morphometry_calibration / morphometry_score) on a run
 # folder made by hand: a split of real HAM10000 images, "samples" that are real images of the
 # intended class (baseline arm) or of another class (prototype arm).
 
 
 def test_run_level_calibration_then_scoring(ham_dir, tmp_path):
-    from improve_lib.plausibility import scoring
+    from improve_lib.plausibility import morphometry_scoring
 
     table = pd.read_csv(ham_dir / "MANIFEST.csv")
     rows, samples = [], {"baseline": {}, "prototype": {}}
@@ -435,7 +435,7 @@ def test_run_level_calibration_then_scoring(ham_dir, tmp_path):
     (tmp_path / "data").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / "data" / "split.csv", index=False)
     with pytest.raises(StudyInputError, match="no samples for arm 'baseline'"):
-        scoring.morphometry_score(tmp_path, scoring.morphometry_calibration(tmp_path, "ham10000", 32),
+        morphometry_scoring.morphometry_score(tmp_path, morphometry_scoring.morphometry_calibration(tmp_path, "ham10000", 32),
                                        ["baseline"])
     for arm, by_class in samples.items():
         for dx, files in by_class.items():
@@ -443,11 +443,11 @@ def test_run_level_calibration_then_scoring(ham_dir, tmp_path):
             for i, f in enumerate(files):
                 Image.open(f).convert("RGB").resize((32, 32)).save(tmp_path / "samples" / arm / dx / f"{i}.png")
 
-    calibrated = scoring.morphometry_calibration(tmp_path, "ham10000", 32)
+    calibrated = morphometry_scoring.morphometry_calibration(tmp_path, "ham10000", 32)
     cal = calibrated["calibration"]
     assert list(cal.index) == ["nv", "vasc", "mean"] and int(cal.loc["nv", "n"]) == 15
     assert calibrated["real_train"]["class_name"].tolist().count("nv") == 30
-    scored = scoring.morphometry_score(tmp_path, calibrated, ["baseline", "prototype"])
+    scored = morphometry_scoring.morphometry_score(tmp_path, calibrated, ["baseline", "prototype"])
     t, checks = scored["table"], scored["checks"]
     assert list(t.index) == ["nv", "vasc", "mean"] and {"baseline not found", "reason"} <= set(t.columns)
     assert len(checks) == 20 and {"arm", "intended_class", "scored", "plausible", "found", "delta_a"} <= set(checks.columns)
@@ -458,6 +458,6 @@ def test_run_level_calibration_then_scoring(ham_dir, tmp_path):
     for cls in t.index[t["reason"] != ""].drop("mean", errors="ignore"):
         assert np.isnan(t.loc[cls, "baseline %"]) and not checks.loc[checks.intended_class == cls, "scored"].any()
     assert set(scored["distance"]["arm"]) == {"baseline", "prototype"}
-    with_paper = scoring.with_paper_plausibility(t, "ham10000")
+    with_paper = morphometry_scoring.with_paper_plausibility(t, "ham10000")
     assert with_paper.loc["nv", "expert prototype % (paper, Table 3)"] == 79
     assert with_paper.loc["mean", "expert baseline % (paper, Table 3)"] == 48.8

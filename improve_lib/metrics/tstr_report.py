@@ -1,63 +1,16 @@
-"""Notebook 06's glue: gather a run's real and generated images, lay the results out like the
-paper's tables, save them, and say in words what the numbers say."""
+"""TSTR as the paper shows it (Tables 5 and 6): the paper's F1 beside the run's, a figure of both arms'
+scores with their intervals, and the verdict in words (notebook 06). The TSTR sets and scores themselves
+are :mod:`improve_lib.metrics.tstr`'s."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from improve_lib import data
-from improve_lib.core.errors import StudyInputError
-from improve_lib.core import run_layout
-from improve_lib.core.files import atomic_path
-from improve_lib.diffusion import sample
 from improve_lib.metrics import paper_tables
-
-
-def train_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[str], n_per_class: int,
-               resolution: int) -> tuple[dict, tuple]:
-    """``({name: (images, labels)} for each arm and "real", (test_images, test_labels))``.
-
-    Generated images come from ``samples/<arm>/`` (checked: every class, at least ``n_per_class``);
-    the real training and test images from the run's split, at the run's resolution.
-    """
-    table = data.read_split(run_dir)
-    test = table[table.split == "test"]
-    if test.empty:
-        raise StudyInputError(f"{run_layout.split_csv(run_dir)} has no test images: set N_TEST >= 1 in notebook 01")
-    sets = {}
-    for arm in arms:
-        t = sample.read_samples(run_dir, arm, class_names, n_per_class)
-        sets[arm] = (data.load_images(t.path, resolution), t.label.to_numpy())
-    real = table[table.split == "train"]
-    sets["real"] = (data.load_images(real.path, resolution), real.label.to_numpy())
-    return sets, (data.load_images(test.path, resolution), test.label.to_numpy())
-
-
-def resized_real(run_dir: str | Path, split: str, resolution: int) -> pd.DataFrame:
-    """The run's real ``split`` images as the generated ones are: center-cropped, resized to ``resolution``
-    and written as 8-bit PNGs by the samples' own writer, into ``fidelity/real_<split>_<R>px/<class>/``.
-
-    Fidelity measures embed these rather than the originals, so that real and generated images differ
-    in what they show, not in their size (a 200x150 photograph and a 32 px sample are embedded from
-    different pixels). Existing copies are kept. Returns ``path, label, class_name`` per image.
-    """
-    table = data.read_split(run_dir)
-    rows = table[table.split == split]
-    if rows.empty:
-        raise StudyInputError(f"{run_layout.split_csv(run_dir)} has no {split} images")
-    out = run_layout.fidelity_dir(run_dir) / f"real_{split}_{int(resolution)}px"
-    records = []
-    for i, r in enumerate(rows.itertuples()):
-        path = out / str(r.class_name) / f"{i:05d}.png"
-        if not path.is_file():
-            sample.save_png(data.load_image(r.path, int(resolution)), path)
-        records.append({"path": str(path), "label": int(r.label), "class_name": r.class_name})
-    return pd.DataFrame(records)
 
 
 def with_paper(tstr: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -67,17 +20,6 @@ def with_paper(tstr: pd.DataFrame, dataset: str) -> pd.DataFrame:
     col = f"paper F1 % ({paper['table']})" if paper else "paper F1 %"
     out[col] = [paper["f1"].get(n, np.nan) if paper else np.nan for n in out["training_set"]]
     return out
-
-
-def save_table(df: pd.DataFrame, run_dir: str | Path, name: str) -> dict[str, Path]:
-    """Write ``tables/<name>.csv`` and ``tables/<name>.md`` atomically."""
-    out = run_layout.tables_dir(run_dir)
-    paths = {"csv": out / f"{name}.csv", "md": out / f"{name}.md"}
-    with atomic_path(paths["csv"]) as tmp:
-        df.to_csv(tmp, index=False)
-    with atomic_path(paths["md"]) as tmp:
-        tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
-    return paths
 
 
 def tstr_figure(tstr: pd.DataFrame, dataset: str):
