@@ -99,12 +99,35 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     return Path(path)
 
 
+#: A cell starting with one of these is a formula to Excel and LibreOffice (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text) -> str:
+    """A comment as one CSV cell that a spreadsheet shows as text: line breaks become spaces, and a leading
+    ``= + - @`` (which Excel and LibreOffice would evaluate as a formula) is escaped with an apostrophe."""
+    text = str(text or "").replace("\r", " ").replace("\n", " ")
+    return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
+def spreadsheet_safe_frame(df: pd.DataFrame, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``df`` with every text cell that a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``@SUM``,
+    ``-2+3``) escaped with a leading apostrophe, except in the columns ``keep`` (read back by the study)."""
+    out = df.copy()
+    for col in out.columns:
+        if col in keep or not (pd.api.types.is_object_dtype(out[col]) or pd.api.types.is_string_dtype(out[col])):
+            continue
+        out[col] = [("'" + v) if isinstance(v, str) and len(v) > 1 and v[:1] in FORMULA_STARTS else v
+                    for v in out[col]]
+    return out
+
+
 def save_table(df: pd.DataFrame, run_dir: str | Path, name: str) -> dict[str, Path]:
-    """Write ``tables/<name>.csv`` and ``tables/<name>.md`` atomically."""
+    """Write ``tables/<name>.csv`` (formula-like text escaped) and ``tables/<name>.md`` atomically."""
     out = run_layout.tables_dir(run_dir)
     paths = {"csv": out / f"{name}.csv", "md": out / f"{name}.md"}
     with atomic_path(paths["csv"]) as tmp:
-        df.to_csv(tmp, index=False)
+        spreadsheet_safe_frame(df).to_csv(tmp, index=False)
     with atomic_path(paths["md"]) as tmp:
         tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
     return paths

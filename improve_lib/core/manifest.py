@@ -87,17 +87,28 @@ def save(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
 WRITTEN_BY = "improve-study run folder"
 
 
-def foreign_files(run_dir: str | Path) -> list[str]:
-    """Files in ``run_dir`` that this project did not write: neither in the manifest's outputs nor in one of
-    :data:`run_layout.RUN_FOLDERS`. Raises when ``run_dir`` is no run folder of this project (no marked manifest)."""
+def check_run_folder(run_dir: str | Path, flag: str) -> dict[str, Any]:
+    """The manifest of ``run_dir``; raises when ``run_dir`` is no run folder of this project (no manifest
+    saying ``written_by``), naming ``flag`` (``--force``, ``--resume``) as what refuses it."""
     run_dir = Path(run_dir)
     m = load(run_dir)
     if m.get("written_by") != WRITTEN_BY:
         raise StudyInputError(f"{run_dir} is not a run folder of this project (its {MANIFEST} does not say "
-                              f"written_by: {WRITTEN_BY!r}); --force deletes only run folders: choose another --run-dir")
-    known = set(m.get("outputs", {})) | set(m.get("records", {})) | {MANIFEST, "params.yaml"}
-    return sorted(rel for rel in (_rel(p, run_dir) for p in run_dir.rglob("*") if p.is_file())
-                  if rel not in known and rel.split("/")[0] not in run_layout.RUN_FOLDERS and not rel.endswith(_SKIP_SUFFIXES))
+                              f"written_by: {WRITTEN_BY!r}); {flag} works only on run folders: choose another --run-dir")
+    return m
+
+
+def foreign_files(run_dir: str | Path) -> list[str]:
+    """Files in ``run_dir``, in any subfolder, that no notebook of the run wrote (the manifest's outputs and
+    records) and that are not files a killed notebook leaves unrecorded (:func:`run_layout.is_tool_file`):
+    a user's notes, an expert's ``review/<reviewer>.csv``. Raises when ``run_dir`` is no run folder of this
+    project (no marked manifest)."""
+    run_dir = Path(run_dir)
+    m = check_run_folder(run_dir, "--force")
+    claimed = set(m.get("outputs", {})) | set(m.get("records", {})) | {MANIFEST, "params.yaml"}
+    present = (_rel(p, run_dir) for p in run_dir.rglob("*") if p.is_file())
+    return sorted(rel for rel in present if not rel.endswith(_SKIP_SUFFIXES) and rel not in claimed
+                  and not run_layout.is_tool_file(rel))
 
 
 def provenance() -> dict[str, Any]:
@@ -166,7 +177,7 @@ def record_stage(run_dir: str | Path, notebook: str, status: str, seconds: float
 
 def refresh_outputs(run_dir: str | Path, stage: str | None = None) -> int:
     """Hash every file in the run folder except the manifest (re-hashing only changed files), into
-    ``outputs`` or, for :data:`RECORD_PATTERNS`, ``records``.
+    ``outputs`` or, for :data:`RECORD_PATTERNS`, ``records``; files no notebook wrote go to ``unclaimed``.
 
     With ``stage`` (the notebook that just ran), files that are new or changed since the last refresh
     are attributed to it in ``output_stages`` (file -> every stage that wrote it), which is what lets a
@@ -174,7 +185,7 @@ def refresh_outputs(run_dir: str | Path, stage: str | None = None) -> int:
     """
     run_dir = Path(run_dir)
     m = load(run_dir)
-    old = {**m.get("outputs", {}), **m.get("records", {})}
+    old = {**m.get("unclaimed", {}), **m.get("outputs", {}), **m.get("records", {})}
     written_by = m.get("output_stages", {})
     stats = m.get("_output_stats", {})
     outputs, new_stats = {}, {}
@@ -182,6 +193,8 @@ def refresh_outputs(run_dir: str | Path, stage: str | None = None) -> int:
         if not p.is_file() or p.name == MANIFEST or p.suffix in _SKIP_SUFFIXES or p.name.startswith(".manifest"):
             continue
         key = _rel(p, run_dir)
+        if stage is None and not written_by.get(key) and key not in old and run_layout.is_tool_file(key):
+            continue  # left by a killed notebook: the next notebook's refresh credits it to that notebook
         st = p.stat()
         sig = f"{st.st_size}:{st.st_mtime_ns}"
         outputs[key] = old[key] if stats.get(key) == sig and key in old else sha256_file(p)
@@ -190,8 +203,13 @@ def refresh_outputs(run_dir: str | Path, stage: str | None = None) -> int:
             stages = written_by.setdefault(key, [])
             if stage not in stages:
                 stages.append(stage)
-    m["outputs"] = {k: v for k, v in outputs.items() if not is_record(k)}
-    m["records"] = {k: v for k, v in outputs.items() if is_record(k)}
+    # A file no notebook wrote (put into the folder before the run resumed) is not the run's: it is listed as
+    # unclaimed with its hash (so a later notebook is not credited with it unless it changes), never as an
+    # output (a sweep does not copy it, identical runs list identical outputs, --force refuses to delete it).
+    ours = {k for k in outputs if written_by.get(k) or is_record(k) or k == "params.yaml"}
+    m["outputs"] = {k: v for k, v in outputs.items() if k in ours and not is_record(k)}
+    m["records"] = {k: v for k, v in outputs.items() if k in ours and is_record(k)}
+    m["unclaimed"] = {k: v for k, v in outputs.items() if k not in ours}
     m["_output_stats"] = new_stats
     m["output_stages"] = {k: v for k, v in written_by.items() if k in outputs}
     save(run_dir, m)

@@ -15,6 +15,7 @@ it, so the layout can be read (and changed) in one place::
 """
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 DATA, EMBEDDINGS, PROTOTYPES, MODELS, SAMPLES = "data", "embeddings", "prototypes", "models", "samples"
@@ -24,9 +25,21 @@ RUN_FOLDERS = (DATA, EMBEDDINGS, PROTOTYPES, MODELS, SAMPLES, TABLES, METRICS, F
 #: The folders a notebook owns: a rerun of that notebook clears them first (tables and figures are shared).
 OWNED_FOLDERS = {"01": (DATA,), "02": (EMBEDDINGS,), "03": (PROTOTYPES,), "04": (MODELS,), "05": (SAMPLES,),
                  "06": (METRICS, FIDELITY)}
+#: Files the pipeline writes that a killed notebook can leave before the manifest records them (checkpoints
+#: of an interrupted training, a half-sampled arm, a table or figure): :func:`is_tool_file`. Anything else a
+#: manifest has not recorded (a user's notes, an expert's ``review/<reviewer>.csv``) is not the tool's.
+TOOL_FILES = (f"{DATA}/*", f"{EMBEDDINGS}/*", f"{PROTOTYPES}/*", f"{MODELS}/*", f"{SAMPLES}/*", f"{METRICS}/*",
+              f"{FIDELITY}/*", f"{TABLES}/*.csv", f"{TABLES}/*.md", f"{TABLES}/*.json", f"{FIGURES}/*.png",
+              f"{NOTEBOOKS}/*.ipynb", f"{REVIEW}/tasks.csv", f"{REVIEW}/blinding.json", f"{REVIEW}/criteria.json",
+              f"{REVIEW}/reviewers.json", f"{REVIEW}/label_studio/*")
 #: ``data/split.csv`` relative to the run folder.
 SPLIT_CSV = Path(DATA) / "split.csv"
 FINAL = "final"  # a trained arm's diffusers pipeline folder
+
+
+def is_tool_file(rel: str) -> bool:
+    """Whether ``rel`` (a path relative to a run folder) is a file the pipeline writes (:data:`TOOL_FILES`)."""
+    return any(fnmatch.fnmatchcase(rel, pattern) for pattern in TOOL_FILES)
 
 
 def split_csv(run_dir) -> Path:

@@ -6,18 +6,21 @@ Importing this module loads no notebook reader and no study code (a training pro
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Sequence
 
 from improve_lib.core.errors import StudyInputError
 
 
+#: A number in exponent notation without a dot (``1e-3``), which YAML 1.1 reads as a string.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def as_number(value: Any) -> Any:
-    """A string that reads as a float becomes one (YAML 1.1 reads ``1e-3`` as a string); others unchanged."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    """A string written as a number in exponent notation becomes a float (YAML 1.1 reads ``1e-3`` as a string);
+    other values are unchanged (the words ``Nan`` and ``Infinity`` stay text: they may be names)."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
     return value
 
 

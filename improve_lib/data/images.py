@@ -24,10 +24,14 @@ def open_rgb(path: str | Path) -> Image.Image:
             return im.convert("RGB")
     except FileNotFoundError:
         raise StudyInputError(f"image file {path} does not exist") from None
+    except Image.DecompressionBombError as exc:
+        raise StudyInputError(f"image file {path} is refused as a decompression bomb ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise StudyInputError(
             f"image file {path} is unreadable or truncated ({exc}); expected a complete JPEG or PNG"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - a decoder's own error: name the file, whatever it is
+        raise StudyInputError(f"image file {path} cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
 def center_crop_resize(im: Image.Image, resolution: int) -> Image.Image:
@@ -67,8 +71,8 @@ def verify_images(paths: Iterable[str | Path]) -> None:
         try:
             with Image.open(p) as im:
                 mode, size = im.mode, im.size
-        except (OSError, SyntaxError):
-            mode, size = None, None  # open_rgb names the problem below
+        except Exception:  # noqa: BLE001 - open_rgb names the problem below, whatever it is
+            mode, size = None, None
         open_rgb(p)
         if min(size) < MIN_SIDE:
             raise StudyInputError(f"image file {p} is {size[0]}x{size[1]} pixels; expected at least {MIN_SIDE} on each side")

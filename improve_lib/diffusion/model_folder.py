@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import yaml
 from diffusers.training_utils import EMAModel
 
 from improve_lib.conditioning import prototype_files
-from improve_lib.core import notebook_parameters, run_layout
+from improve_lib.core import folders, notebook_parameters, run_layout
 from improve_lib.core.files import atomic_write_json, atomic_write_text, sha256_file
 from improve_lib.diffusion import guided_pipeline, sample, trained_arm, unet
 
@@ -74,35 +73,32 @@ def default_sampler() -> dict[str, Any]:
 def write_final(final: Path, model, ema: EMAModel | None, scheduler, cfg: dict[str, Any], class_names: list[str],
                 summary: dict[str, Any], class_table: Path | None = None) -> Path:
     """Write ``final/`` (the layout in this module's docstring) into a side folder, then swap it in, so a
-    kill never leaves half a final model. ``class_table``: the arm's ``class_table.safetensors`` (copied in
-    for the record). Returns ``final``."""
+    kill never leaves half a final model; an existing ``final`` is replaced only when this tool wrote all of
+    it (:func:`improve_lib.core.folders.building`: a folder given by a user keeps the user's files).
+    ``class_table``: the arm's ``class_table.safetensors`` (copied in for the record). Returns ``final``."""
     final = Path(final)
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    with ema_weights(ema, model):  # the default weights: what the study samples with
-        model.save_pretrained(str(partial / "unet"), safe_serialization=True)
-    if ema is not None:
-        model.save_pretrained(str(partial / "unet"), safe_serialization=True, variant=trained_arm.RAW_VARIANT)
-    scheduler.save_pretrained(str(partial / "scheduler"))
-    shutil.copyfile(guided_pipeline.__file__, partial / f"{PIPELINE_MODULE}.py")
-    table_copy = partial / "class_table.safetensors"
-    if class_table is not None and Path(class_table).is_file():
-        shutil.copyfile(class_table, table_copy)
-    index = {"_class_name": [PIPELINE_MODULE, PIPELINE_CLASS], "_diffusers_version": diffusers.__version__,
-             "unet": ["diffusers", type(model).__name__], "scheduler": ["diffusers", type(scheduler).__name__],
-             "class_names": list(class_names), "null_class_index": unet.null_label(model),
-             "input_mean": [float(v) for v in cfg.get("INPUT_MEAN") or [0.0] * 3],
-             "input_std": [float(v) for v in cfg.get("INPUT_STD") or [1.0] * 3],
-             "sampler": default_sampler(), "weights": "ema" if ema is not None else "raw",
-             "class_table": class_table_provenance(cfg, table_copy) if table_copy.is_file() else {}}
-    atomic_write_json(partial / "model_index.json", index)
-    atomic_write_json(partial / "class_names.json", class_names)
-    atomic_write_text(partial / "train_config.yaml", yaml.safe_dump(cfg, sort_keys=True))
-    atomic_write_json(partial / "training_summary.json", summary)
-    atomic_write_text(partial / "README.md", model_card(index, cfg, summary))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
+    with folders.building(final, "writing a model folder") as partial:
+        with ema_weights(ema, model):  # the default weights: what the study samples with
+            model.save_pretrained(str(partial / "unet"), safe_serialization=True)
+        if ema is not None:
+            model.save_pretrained(str(partial / "unet"), safe_serialization=True, variant=trained_arm.RAW_VARIANT)
+        scheduler.save_pretrained(str(partial / "scheduler"))
+        shutil.copyfile(guided_pipeline.__file__, partial / f"{PIPELINE_MODULE}.py")
+        table_copy = partial / "class_table.safetensors"
+        if class_table is not None and Path(class_table).is_file():
+            shutil.copyfile(class_table, table_copy)
+        index = {"_class_name": [PIPELINE_MODULE, PIPELINE_CLASS], "_diffusers_version": diffusers.__version__,
+                 "unet": ["diffusers", type(model).__name__], "scheduler": ["diffusers", type(scheduler).__name__],
+                 "class_names": list(class_names), "null_class_index": unet.null_label(model),
+                 "input_mean": [float(v) for v in cfg.get("INPUT_MEAN") or [0.0] * 3],
+                 "input_std": [float(v) for v in cfg.get("INPUT_STD") or [1.0] * 3],
+                 "sampler": default_sampler(), "weights": "ema" if ema is not None else "raw",
+                 "class_table": class_table_provenance(cfg, table_copy) if table_copy.is_file() else {}}
+        atomic_write_json(partial / "model_index.json", index)
+        atomic_write_json(partial / "class_names.json", class_names)
+        atomic_write_text(partial / "train_config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+        atomic_write_json(partial / "training_summary.json", summary)
+        atomic_write_text(partial / "README.md", model_card(index, cfg, summary))
     return final
 
 

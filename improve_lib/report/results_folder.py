@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from improve_lib.core import manifest
+from improve_lib.core import folders, manifest
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_write_text, sha256_file
 from improve_lib.metrics import paper_tables
@@ -42,7 +42,8 @@ SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summ
 
 
 def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
-    """Copy a finished sweep's evidence into ``out_dir`` (created; refused when it holds other files).
+    """Copy a finished sweep's evidence into ``out_dir`` (created, or replaced when this tool wrote all of it;
+    refused, before any copying, when it holds other files).
     Only the sweep's runs (``runs.csv``) that reached notebook 06 are taken; ``command`` is written to ``COMMAND.md``. Returns ``out_dir``."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     missing = [f for f in SWEEP_FILES if not (sweep_dir / f).is_file()]
@@ -55,24 +56,24 @@ def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
     runs = [sweep_dir / n for n, recorded in outputs.items() if all(src in recorded for src, _ in RUN_FILES)]
     if not runs:
         raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    for rel in SWEEP_FILES:
-        _copy(sweep_dir / rel, out_dir / rel)
-    for run in runs:
-        for src, dst in RUN_FILES:
-            _copy(run / src, out_dir / "runs" / run.name / dst)
-        for src, dst in RUN_TABLES:
-            if (run / src).is_file() and src in outputs[run.name]:
-                _copy(run / src, out_dir / "runs" / run.name / dst)
-        _copy(run / manifest.MANIFEST, out_dir / "runs" / run.name / manifest.MANIFEST)
-        for fig in RUN_FIGURES:
-            if (run / fig).is_file():
-                _copy(run / fig, out_dir / "runs" / run.name / Path(fig).name)
-    atomic_write_text(out_dir / "COMMAND.md", f"# How these results were made\n\n```bash\n{command}\n```\n")
-    if _dataset(out_dir) in paper_tables.paper_datasets():
-        write_summary(out_dir)
-    verify(out_dir)
+    # built beside out_dir and swapped in only once verified: a failure leaves out_dir as it was
+    with folders.building(out_dir, "python -m improve_lib results") as tmp:
+        for rel in SWEEP_FILES:
+            _copy(sweep_dir / rel, tmp / rel)
+        for run in runs:
+            for src, dst in RUN_FILES:
+                _copy(run / src, tmp / "runs" / run.name / dst)
+            for src, dst in RUN_TABLES:
+                if (run / src).is_file() and src in outputs[run.name]:
+                    _copy(run / src, tmp / "runs" / run.name / dst)
+            _copy(run / manifest.MANIFEST, tmp / "runs" / run.name / manifest.MANIFEST)
+            for fig in RUN_FIGURES:
+                if (run / fig).is_file():
+                    _copy(run / fig, tmp / "runs" / run.name / Path(fig).name)
+        atomic_write_text(tmp / "COMMAND.md", f"# How these results were made\n\n```bash\n{command}\n```\n")
+        if _dataset(tmp) in paper_tables.paper_datasets():
+            write_summary(tmp)
+        verify(tmp)
     return out_dir
 
 

@@ -32,6 +32,7 @@ from improve_lib.core.files import atomic_write_text
 from improve_lib.core.notebook_parameters import NOTEBOOK_DIR, REPO, declared_parameters, list_notebooks
 from improve_lib.diffusion import sample, train
 from improve_lib.metrics import tstr
+from improve_lib.runs import parameter_domains
 from improve_lib.runs.profiles import resolve_params
 
 KERNEL = "python3"
@@ -52,9 +53,9 @@ def default_run_dir(params: dict[str, Any]) -> Path:
 def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
     """Every value of a run checked before its folder is created, so that a typo fails in seconds and not
     after hours of training: its type against its notebook's default (:func:`notebook_parameters.check_types`),
-    then each stage's own rules (CPL, the training config, the sampler, the TSTR budget, the arms), and an
+    its range (:func:`parameter_domains.check_domains`: finite numbers, counts, lists), then each stage's own rules (CPL, the training config, the sampler, the TSTR budget, the arms), and an
     open_clip checkpoint path made absolute and checked. Returns the params with those coercions."""
-    p = notebook_parameters.check_types(params)
+    p = parameter_domains.check_domains(notebook_parameters.check_types(params))
     if isinstance(p.get("ENCODER"), str):
         p["ENCODER"] = encoders.resolve_encoder_path(p["ENCODER"])
     prototypes.check_settings(p["K"], p["GAMMA"], p["LAMBDA"], p["PROJECTION"], p["PROTO_EPOCHS"], p["PROTO_LR"],
@@ -247,6 +248,25 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in old if k != "RUN_DIR" and old.get(k) != new.get(k))
 
 
+def _claim_folder(run_dir: Path, resume: bool, force: bool) -> bool:
+    """Whether ``run_dir`` holds an earlier run to continue. A non-empty folder needs ``--resume`` (only a run
+    folder of this project) or ``--force`` (start over: deleted, unless it holds files this project did not
+    write, in any subfolder)."""
+    existing = run_dir.exists() and any(run_dir.iterdir())
+    if existing and not (resume or force):
+        raise StudyInputError(f"run folder {run_dir} is not empty: pass --resume to continue it or --force to start it over")
+    if existing and resume:
+        manifest.check_run_folder(run_dir, "--resume")  # never adopt a folder this project did not make
+    if existing and force and not resume:
+        foreign = manifest.foreign_files(run_dir)
+        if foreign:
+            raise StudyInputError(f"--force would delete {run_dir}, which holds {len(foreign)} file(s) this project did "
+                                  f"not write: {foreign[:8]}; move them out or choose another --run-dir")
+        shutil.rmtree(run_dir)
+        return False
+    return existing
+
+
 def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None = None,
                  run_dir: str | Path | None = None, only: Iterable[str] | None = None,
                  sets: dict[str, Any] | None = None, resume: bool = False, force: bool = False,
@@ -263,15 +283,7 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
     params = check_parameters(params)
     preflight(params)
 
-    existing = run_dir.exists() and any(run_dir.iterdir())
-    if existing and not (resume or force):
-        raise StudyInputError(f"run folder {run_dir} is not empty: pass --resume to continue it or --force to start it over")
-    if existing and force and not resume:
-        foreign = manifest.foreign_files(run_dir)
-        if foreign:
-            raise StudyInputError(f"--force would delete {run_dir}, which holds {len(foreign)} file(s) this project did "
-                                  f"not write: {foreign[:8]}; move them out or choose another --run-dir")
-        shutil.rmtree(run_dir)
+    existing = _claim_folder(run_dir, resume, force)
     if resume and (run_dir / "params.yaml").is_file():
         old = yaml.safe_load((run_dir / "params.yaml").read_text()) or {}
         changed = _changed(old, params)
@@ -284,6 +296,9 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=True))
     run_id = run_dir.name
     m = manifest.start(run_dir, run_id, profile, params)
+    if existing:  # files put into the folder since its last notebook are not the run's: listed as unclaimed
+        manifest.refresh_outputs(run_dir)
+        m = manifest.load(run_dir)
     keys = stage_keys(params, all_books)
     m["stage_keys"] = keys
     manifest.save(run_dir, m)

@@ -6,7 +6,9 @@ of per-dataset values; ``--set KEY=VALUE`` flags come last (:func:`resolve_param
 """
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,10 +37,39 @@ def read_yaml_mapping(path: Path, what: str, name: str, holds: str) -> dict[str,
     return data
 
 
+def profile_path(profile: str, params_dir: Path = PARAMS_DIR) -> Path:
+    """The file of ``profile``: ``params/<profile>.yaml`` for a name (letters, digits, ``_``, ``-``), or the
+    path itself when the user gives one ending in ``.yaml``; anything else (``../elsewhere/mine``) is refused."""
+    if str(profile).endswith((".yaml", ".yml")):
+        path = Path(profile).expanduser()
+        if not path.is_file():
+            raise StudyInputError(f"--profile {profile}: no such file")
+        return path
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", str(profile)):
+        raise StudyInputError(f"--profile {profile!r}: give a profile's name from {params_dir} "
+                              f"({sorted(q.stem for q in params_dir.glob('*.yaml'))}) or a path ending in .yaml")
+    return params_dir / f"{profile}.yaml"
+
+
+def profile_name(profile: str) -> str:
+    """The name a profile goes by in run folders and manifests: its file's stem (``paper``, ``mine``)."""
+    return Path(str(profile)).stem if str(profile).endswith((".yaml", ".yml")) else str(profile)
+
+
 def load_profile(profile: str, params_dir: Path = PARAMS_DIR) -> dict[str, Any]:
-    """Read ``params/<profile>.yaml`` (only what differs from the notebooks' defaults); an unknown
+    """Read a profile (:func:`profile_path`: only what differs from the notebooks' defaults); an unknown
     profile lists the available ones."""
-    return read_yaml_mapping(params_dir / f"{profile}.yaml", "profile", profile, "UPPER_CASE keys")
+    path = profile_path(profile, params_dir)
+    return read_yaml_mapping(path, "profile", str(profile), "UPPER_CASE keys")
+
+
+def _refuse_unknown(keys: Iterable[str], known: dict[str, Any], where: str) -> None:
+    """A key no notebook declares is a typo (``MAX_STEP``): name it and the nearest known key."""
+    for key in keys:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), list(known), n=1)
+            raise StudyInputError(f"{where}: {key!r} is not a parameter of any notebook"
+                                  + (f"; did you mean {near[0]!r}?" if near else ""))
 
 
 def parse_sets(items: Iterable[str]) -> dict[str, Any]:
@@ -51,7 +82,12 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not key.isupper():
             raise StudyInputError(f"--set {item!r}: parameter names are UPPER_CASE")
-        out[key] = as_number(yaml.safe_load(value)) if value.strip() else None
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # a syntax error, or a tag such as !!python/object
+            reason = str(exc).splitlines()[0]
+            raise StudyInputError(f"--set {item!r}: the value is not plain YAML ({reason})") from None
+        out[key] = as_number(parsed) if value.strip() else None
     return out
 
 
@@ -66,6 +102,11 @@ def resolve_params(profile: str, dataset: str | None = None, data_dir: str | Non
         params.update({k: v for k, v in defaults.items() if k not in params})
     raw = load_profile(profile)
     per_dataset = raw.pop("datasets", {}) or {}
+    if not isinstance(per_dataset, dict) or not all(isinstance(v, dict) or v is None for v in per_dataset.values()):
+        raise StudyInputError(f"profile {profile!r}: 'datasets' must map dataset names to parameter mappings")
+    _refuse_unknown(raw, params, f"profile {profile!r}")
+    for name, values in per_dataset.items():
+        _refuse_unknown(values or {}, params, f"profile {profile!r}, datasets: {name}")
     params.update(raw)
     if dataset:
         params["DATASET"] = dataset
@@ -81,7 +122,7 @@ def resolve_params(profile: str, dataset: str | None = None, data_dir: str | Non
     for key in PATH_KEYS:
         if isinstance(params.get(key), str) and params[key]:
             params[key] = str(Path(params[key]).expanduser().resolve())
-    params["PROFILE"] = profile
+    params["PROFILE"] = profile_name(profile)
     return params
 
 

@@ -84,6 +84,7 @@ def adopt_stages(run_dir: Path, donor_dir: Path, stages: Sequence[str]) -> int:
     _relocate(run_dir, donor_dir, files)
     stems = {Path(s).stem for s in stages}
     m = manifest.load(run_dir)
+    m["written_by"] = manifest.WRITTEN_BY  # a run folder made from a donor's files
     m["stages"] = {s: {**dm["stages"][s], "reused_from": donor_dir.name} for s in stages}
     m["facts"] = {k: v for k, v in dm.get("facts", {}).items() if k in stems}
     m["inputs"] = {k: v for k, v in dm.get("inputs", {}).items()

@@ -24,7 +24,6 @@ Skip, continue, report
 In parallel, or on a cluster
     ``--jobs N`` runs up to N grid points at a time in processes, ``--executor slurm`` as submitit jobs
     (:mod:`improve_lib.runs.sweep_jobs`); a grid point starts after the earlier ones whose stages it reuses.
-
 Presets in ``params/ablations/<name>.yaml`` hold a sweep's settings (``--preset name``).
 """
 from __future__ import annotations
@@ -48,7 +47,7 @@ from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_text
 from improve_lib.core.notebook_parameters import NOTEBOOK_DIR, declared_parameters, list_notebooks, literal
 from improve_lib.core.values import as_number, check_type
-from improve_lib.runs import sweep_jobs, sharing
+from improve_lib.runs import parameter_domains, sharing, sweep_jobs
 from improve_lib.runs.pipeline import StudyRunError, execute_notebook, preflight, run_pipeline, stage_keys
 from improve_lib.runs.profiles import PARAMS_DIR, load_profile, read_yaml_mapping, resolve_params
 
@@ -397,7 +396,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
     books = selected_notebooks(spec, notebook_dir)
     runs = expand(spec, notebook_dir)
     checked = set()
-    for r in runs:  # data problems are reported before the first run starts
+    for r in runs:  # impossible values and data problems are reported before the first run starts
+        parameter_domains.check_domains(r.params, f"{r.name}: ")
         if (r.params["DATASET"], r.params.get("DATA_DIR")) not in checked:
             preflight(r.params)
             checked.add((r.params["DATASET"], r.params.get("DATA_DIR")))
@@ -487,9 +487,9 @@ def execute_run(spec: SweepSpec, run: SweepRun, label: str, sweep_dir: Path, boo
         elif own:
             reused = f"{own[0][:2]}-{own[-1][:2]} (own, resumed)"
         echo(f"{label}: " + (f"reuses {reused}" if reused else "runs every notebook"))
-        m = manifest.load(run_dir)
+        fresh = not run_dir.is_dir() or not any(run_dir.iterdir())  # a run folder this sweep makes now
+        m = {"written_by": manifest.WRITTEN_BY} if fresh else manifest.load(run_dir)
         m["sweep"] = {"folder": str(sweep_dir), "point": run.point, "seed": run.seed, **_identity(spec, run)}
-        run_dir.mkdir(parents=True, exist_ok=True)
         manifest.save(run_dir, m)
         run_pipeline(spec.profile, dataset=spec.dataset, data_dir=spec.data_dir, run_dir=run_dir,
                      only=[b.name[:2] for b in books], sets={**spec.sets, **run.sets, "SEED": run.seed},

@@ -32,7 +32,7 @@ from PIL import Image
 
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core import run_layout
-from improve_lib.core.files import atomic_path, atomic_write_json
+from improve_lib.core.files import atomic_path, atomic_write_json, spreadsheet_safe
 
 ARMS: tuple[str, ...] = ("baseline", "prototype")
 TASK_COLUMNS = ["task_id", "image_path", "intended_class", "arm", "position"]
@@ -278,13 +278,6 @@ def register_reviewer(run_dir, reviewer: str, display_name: str | None = None) -
 
 def _judgment_path(run_dir, reviewer) -> Path:
     return run_layout.review_dir(run_dir) / f"{check_reviewer(reviewer)}.csv"
-
-
-def spreadsheet_safe(text) -> str:
-    """A comment as one CSV cell that a spreadsheet shows as text: line breaks become spaces, and a leading
-    ``= + - @`` (which Excel and LibreOffice would evaluate as a formula) is escaped with an apostrophe."""
-    text = str(text or "").replace("\r", " ").replace("\n", " ")
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t") else text
 
 
 def append_judgment(run_dir, reviewer: str, task_id: str, plausible: bool, failed_criteria: Iterable[str] = (),
