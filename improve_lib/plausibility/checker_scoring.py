@@ -100,7 +100,7 @@ def _judged(images: dict[str, list], classes: Sequence[str]) -> tuple[pd.DataFra
 def objective_plausibility_table(run_dir, arms: Sequence[str], return_checks: bool = False):
     """Table 4 with the pixel checker as the judge: per class and arm, % of generated images in
     ``RUN_DIR/samples/<arm>/<class>/*.png`` judged plausible, with 95 % Wilson intervals, plus a
-    ``mean`` row (layout of :func:`improve_lib.plausibility.review.tables.plausibility_table`). Class folders must be
+    ``mean`` row (layout of :func:`improve_lib.plausibility.review.tables.expert_plausibility_table`). Class folders must be
     synthetic-cell classes. ``return_checks=True`` returns ``(table, per-image checks)``.
     """
     files = generated_files(run_dir, arms)

@@ -80,7 +80,7 @@ def morphometry_score(run_dir, calibrated: dict, arms: Sequence[str], progress: 
                                       f"regions were fitted on {side}x{side} px real images (RESOLUTION={side})")
     feats = morphometry.measure_many(generated["path"], dataset, progress=progress).reset_index(drop=True)
     classes = list(generated["intended_class"])
-    table = plausible_regions.plausibility_table(regions, feats, classes, list(generated["arm"]),
+    table = plausible_regions.region_plausibility_table(regions, feats, classes, list(generated["arm"]),
                                                  calibration=calibrated["calibration"])
     scored_classes = set(table.index[table["reason"] == ""]) - {"mean"}
     checks = pd.concat([generated.assign(path=generated["path"].astype(str),

@@ -19,7 +19,7 @@ and are left out of the fit.
 
 :func:`calibration_table` is the check that a class's region means anything: held-out real images of
 the class should pass at about ``coverage`` and real images of other classes much less often (Fisher's
-exact test, one-sided). :func:`plausibility_table` reports generated images in the layout of the
+exact test, one-sided). :func:`region_plausibility_table` reports generated images in the layout of the
 paper's Tables 3/4 (:func:`improve_lib.plausibility.review.tables.tabulate_plausibility`), leaving out (NaN, with
 a reason) classes whose region does not discriminate. Images with no cell or lesion found are never
 plausible and are counted apart.
@@ -268,7 +268,7 @@ def calibration_table(regions: Regions, features: pd.DataFrame, labels: Sequence
     return table
 
 
-def plausibility_table(regions: Regions, features: pd.DataFrame, intended_classes: str | Sequence[str],
+def region_plausibility_table(regions: Regions, features: pd.DataFrame, intended_classes: str | Sequence[str],
                        arms: str | Sequence[str], calibration: pd.DataFrame | None = None) -> pd.DataFrame:
     """Tables 3/4 with the morphometric regions as the judge: per intended class and arm, % of
     generated images inside the class's region.

@@ -41,7 +41,7 @@ SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summ
                "comparison/comparison.png")
 
 
-def export(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
+def write_results(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
     """Copy a finished sweep's evidence into ``out_dir`` (created, or replaced when this tool wrote all of it;
     refused, before any copying, when it holds other files).
     Only the sweep's runs (``runs.csv``) that reached notebook 06 are taken; ``command`` is written to ``COMMAND.md``. Returns ``out_dir``."""

@@ -107,7 +107,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "results":
-        return _report("results", lambda: results_folder.export(args.sweep_dir, args.out_dir, args.made_by))
+        return _report("results", lambda: results_folder.write_results(args.sweep_dir, args.out_dir, args.made_by))
     if args.command == "export":
         return _report("pipeline folder",
                        lambda: checkpoint_export.export_checkpoint(args.run_dir, args.arm, args.step, args.out))

@@ -402,7 +402,7 @@ def test_smoke_sweep_2x2_and_comparison_notebook(smoke_synthetic_run, tmp_path):
     assert "TSTR macro F1 % (prototype)" in text and "GUIDANCE_SCALE=2, EVAL_EPOCHS=2" in text
     summary = (sw / "comparison" / "summary.csv").read_text()
     assert "nearest-prototype test accuracy %" in summary and (sw / "comparison" / "comparison.png").is_file()
-    out = results_folder.export(sw, tmp_path / "results" / "sweep", "python -m improve_lib sweep ...")
+    out = results_folder.write_results(sw, tmp_path / "results" / "sweep", "python -m improve_lib sweep ...")
     assert results_folder.verify(out) == sorted(names) and not list(out.rglob("*.safetensors"))
     metrics = out / "runs" / names[0] / "metrics.json"
     metrics.write_text(metrics.read_text().replace('"f1"', '"f1" ', 1))  # a hand edit

@@ -85,15 +85,15 @@ def test_results_refuses_a_folder_with_the_users_files_and_a_failed_verification
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(StudyInputError, match="mine.txt"):
-        results_folder.export(sweep, out, "cmd")
+        results_folder.write_results(sweep, out, "cmd")
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
     (out / "mine.txt").unlink()
-    results_folder.export(sweep, out, "cmd")
+    results_folder.write_results(sweep, out, "cmd")
     before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     edited = next(sweep.glob("*/metrics/metrics.json"))
     edited.write_text(edited.read_text().replace("4", "5", 1))  # no longer what its manifest hashed
     with pytest.raises(StudyInputError, match="sha256 differs"):
-        results_folder.export(sweep, out, "cmd again")
+        results_folder.write_results(sweep, out, "cmd again")
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "sweep"]  # no half-written sibling
 

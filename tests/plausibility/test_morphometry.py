@@ -263,7 +263,7 @@ def test_not_found_rows_are_never_plausible_and_counted_apart():
     lo, hi = calibration.loc["a", ["own CI low", "own CI high"]]
     assert lo <= calibration.loc["a", "own %"] <= hi
 
-    table = pr.plausibility_table(regions, test, labels, ["baseline"] * 40 + ["improve"] * 40, calibration)
+    table = pr.region_plausibility_table(regions, test, labels, ["baseline"] * 40 + ["improve"] * 40, calibration)
     assert table.loc["a", "baseline not found"] == 5 and table.loc["a", "baseline n"] == 40
     assert table.loc["a", "baseline %"] <= 100 * 35 / 40
 
@@ -285,7 +285,7 @@ def test_plausibility_table_layout_and_non_discriminating_class():
                           ignore_index=True)
     classes = (["a"] * 20 + ["b"] * 20) * 2
     arms = ["baseline"] * 40 + ["improve"] * 40
-    table = pr.plausibility_table(regions, generated, classes, arms, calibration)
+    table = pr.region_plausibility_table(regions, generated, classes, arms, calibration)
     assert list(table.index) == ["a", "b", "mean"]
     for arm in ("baseline", "improve"):
         for suffix in ("%", "CI low", "CI high", "n", "not found"):
@@ -335,7 +335,7 @@ def test_bad_input_names_the_problem():
     assert not partial.plausible(train.iloc[30:], "rare").any()
     with pytest.raises(StudyInputError, match="class 'rare' of ham10000 has no region: 6 training.*at least 10"):
         partial.distance(train.iloc[30:], "rare")
-    table = pr.plausibility_table(partial, train, ["common"] * 30 + ["rare"] * 6, "baseline")
+    table = pr.region_plausibility_table(partial, train, ["common"] * 30 + ["rare"] * 6, "baseline")
     assert np.isnan(table.loc["rare", "baseline %"]) and table.loc["rare", "reason"].startswith("no region: 6")
     with pytest.raises(StudyInputError, match="no class of ham10000 has the 10 training images.*rare: 6"):
         pr.fit_regions(train.iloc[30:], ["rare"] * 6, "ham10000")

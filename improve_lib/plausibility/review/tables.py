@@ -1,6 +1,6 @@
 """The paper's Tables 3 and 4 from judgments: per class and arm, the share judged plausible, with 95 %
 Wilson intervals; saved as CSV and Markdown and drawn as a bar chart. Shared by the experts' judgments
-(:func:`plausibility_table`) and the pixel checker (:func:`tabulate_plausibility`)."""
+(:func:`expert_plausibility_table`) and the pixel checker (:func:`tabulate_plausibility`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,7 +55,7 @@ def tabulate_plausibility(frame: pd.DataFrame, arms: Sequence[str], classes: Seq
     return pd.DataFrame(columns, index=pd.Index(rows, name="class"))
 
 
-def plausibility_table(run_dir, reviewers: Sequence[str] | None = None) -> pd.DataFrame:
+def expert_plausibility_table(run_dir, reviewers: Sequence[str] | None = None) -> pd.DataFrame:
     """The paper's Table 3 / 4: per intended class and arm, % of images judged plausible.
 
     Unblinds through ``review/tasks.csv``. Judgments are pooled over ``reviewers`` (default: every

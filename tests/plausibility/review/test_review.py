@@ -354,13 +354,13 @@ def test_plausibility_table_unblinds_and_pools(run, tmp_path):
     base_lym = tasks[(tasks.arm == "baseline") & (tasks.intended_class == "lymphocyte")].task_id[:2]
     for tid in base_lym:
         review_tasks.append_judgment(run, "bob", tid, True, criteria_version="1.0")
-    only_alice = tables.plausibility_table(run, reviewers=["alice"])
+    only_alice = tables.expert_plausibility_table(run, reviewers=["alice"])
     assert list(only_alice.index) == ["blast", "lymphocyte", "mean"]
     assert (only_alice["baseline %"] == 0).all() and (only_alice["prototype %"] == 100).all()
     assert only_alice.loc["blast", "prototype n"] == N and only_alice.loc["mean", "prototype n"] == 2 * N
     lo, hi = tables.wilson_interval(N, N)
     assert only_alice.loc["blast", "prototype CI low"] == pytest.approx(100 * lo)
-    pooled = tables.plausibility_table(run)  # alice + bob
+    pooled = tables.expert_plausibility_table(run)  # alice + bob
     assert pooled.loc["lymphocyte", "baseline n"] == N + 2
     assert pooled.loc["lymphocyte", "baseline %"] == pytest.approx(100 * 2 / (N + 2))
     assert pooled.loc["mean", "baseline %"] == pytest.approx((100 * 2 / (N + 2) + 0) / 2)
@@ -434,8 +434,8 @@ def test_label_studio_round_trip(run, tmp_path):
     assert (j.criteria_version == "1.0").all()
     assert len(label_studio.import_label_studio(export_path, run, "dr_ls")) == 0  # no duplicates
     # The same judgments through the app format: tables and kappa read them like any reviewer's.
-    assert tables.plausibility_table(run, ["dr_ls"]).loc["mean", "baseline n"] + \
-        tables.plausibility_table(run, ["dr_ls"]).loc["mean", "prototype n"] == 4
+    assert tables.expert_plausibility_table(run, ["dr_ls"]).loc["mean", "baseline n"] + \
+        tables.expert_plausibility_table(run, ["dr_ls"]).loc["mean", "prototype n"] == 4
 
     export[0]["annotations"].append(dict(ann("plausible"), completed_by=9))
     export_path.write_text(json.dumps(export))
