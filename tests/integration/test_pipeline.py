@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from improve_lib.core import notebook_parameters
+from improve_lib.core import manifest, notebook_parameters
 from improve_lib.core.errors import StudyInputError
 from improve_lib.runs import pipeline
 
@@ -185,3 +185,20 @@ def test_cli_reports_errors(tmp_path, capsys):
     code = main(["run", "--profile", "smoke", "--dataset", "ham10000", "--data-dir", str(tmp_path / "nope"),
                  "--run-dir", str(tmp_path / "r"), "--no-progress"])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_split_seed_keeps_the_split_apart_from_the_training_seed(tmp_path, smoke_synthetic_run):
+    """SPLIT_SEED draws the split alone: SEED=1 with SPLIT_SEED=0 gives seed 0's split (and records it); the default
+    (None) keeps today's rule, one SEED for everything, so SEED=1 alone gives another split."""
+    run = pipeline.run_pipeline("smoke", dataset="synthetic", run_dir=tmp_path / "same_split", only=["01"],
+                                sets={"SEED": 1, "SPLIT_SEED": 0}, progress=False)
+    other = pipeline.run_pipeline("smoke", dataset="synthetic", run_dir=tmp_path / "seed1", only=["01"],
+                                  sets={"SEED": 1}, progress=False)
+    def split_of(run_dir):  # the embedded images are written into each run folder: compare names, not folders
+        table = pd.read_csv(run_dir / "data" / "split.csv")
+        return table.assign(path=table["path"].map(lambda p: p.split("/")[-1]))
+
+    pd.testing.assert_frame_equal(split_of(run), split_of(smoke_synthetic_run))
+    assert not split_of(other).equals(split_of(smoke_synthetic_run))
+    assert manifest.load(run)["facts"]["01_explore_data"]["split_seed"] == 0
+    assert manifest.load(other)["facts"]["01_explore_data"]["split_seed"] == 1
