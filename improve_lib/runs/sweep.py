@@ -488,7 +488,9 @@ def execute_run(spec: SweepSpec, run: SweepRun, label: str, sweep_dir: Path, boo
             reused = f"{own[0][:2]}-{own[-1][:2]} (own, resumed)"
         echo(f"{label}: " + (f"reuses {reused}" if reused else "runs every notebook"))
         fresh = not run_dir.is_dir() or not any(run_dir.iterdir())  # a run folder this sweep makes now
-        m = {"written_by": manifest.WRITTEN_BY} if fresh else manifest.load(run_dir)
+        m = manifest.load(run_dir)  # a fresh folder gets the manifest's skeleton (inputs, outputs, ...) marked
+        if fresh:
+            m["written_by"] = manifest.WRITTEN_BY
         m["sweep"] = {"folder": str(sweep_dir), "point": run.point, "seed": run.seed, **_identity(spec, run)}
         manifest.save(run_dir, m)
         run_pipeline(spec.profile, dataset=spec.dataset, data_dir=spec.data_dir, run_dir=run_dir,

@@ -449,3 +449,14 @@ def test_named_variants_set_several_keys_per_grid_point():
     early = {**preset, "variants": {"x": {"GAMMA": 2.0}}}
     with pytest.raises(StudyInputError, match="before --from 04"):
         sweep.expand(sweep.spec_from(early))
+
+
+def test_a_sweep_on_real_data_records_the_inputs_of_its_runs(tmp_path, ham_dir):
+    """A sweep's fresh run folder starts from the manifest's whole skeleton: notebook 01 on a real dataset records
+    its input images (a marker-only manifest once failed every real-data sweep in 01 with KeyError 'inputs')."""
+    spec = sweep.SweepSpec(profile="smoke", grid={}, dataset="ham10000", data_dir=str(ham_dir), seeds=[0], to_nb="01")
+    sw, outcomes = sweep.run_sweep(spec, tmp_path / "sw", compare=False, progress=False)
+    assert [o.status for o in outcomes] == ["done"], outcomes
+    m = manifest.load(sw / "seed0")
+    assert m["written_by"] == manifest.WRITTEN_BY and m["sweep"]["seed"] == 0
+    assert len(m["inputs"]) > 100 and all(len(h) == 64 for h in m["inputs"].values())
