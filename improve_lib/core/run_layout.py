@@ -16,6 +16,7 @@ it, so the layout can be read (and changed) in one place::
 from __future__ import annotations
 
 import fnmatch
+import os
 from pathlib import Path
 
 DATA, EMBEDDINGS, PROTOTYPES, MODELS, SAMPLES = "data", "embeddings", "prototypes", "models", "samples"
@@ -35,6 +36,26 @@ TOOL_FILES = (f"{DATA}/*", f"{EMBEDDINGS}/*", f"{PROTOTYPES}/*", f"{MODELS}/*", 
 #: ``data/split.csv`` relative to the run folder.
 SPLIT_CSV = Path(DATA) / "split.csv"
 FINAL = "final"  # a trained arm's diffusers pipeline folder
+
+
+def relative_to_run(path, run_dir) -> str:
+    """``path`` as run folders store it: relative to ``run_dir`` (POSIX) when it lies inside, so a run folder
+    can be moved and identical runs in two folders write identical files; a path elsewhere (a dataset's
+    image) stays absolute."""
+    p = Path(path)
+    for base, target in ((os.path.abspath(run_dir), os.path.abspath(p)),
+                         (os.path.realpath(run_dir), os.path.realpath(p))):
+        try:
+            return Path(target).relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return str(p)
+
+
+def resolve_in_run(path, run_dir) -> Path:
+    """A path as a run folder stores it (:func:`relative_to_run`), made absolute again inside ``run_dir``."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(os.path.abspath(run_dir)) / p
 
 
 def is_tool_file(rel: str) -> bool:

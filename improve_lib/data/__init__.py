@@ -145,7 +145,8 @@ def write_split(result: SplitResult, run_dir: str | Path) -> Path:
     # The dataset's own metadata (lesion ids as groups, extra columns) may hold formula-like text: escaped for
     # spreadsheets; the columns the study reads back by value (paths, labels, class names) stay as they are.
     with atomic_path(out) as tmp:
-        spreadsheet_safe_frame(result.table, keep=("path", "label", "class_name", "split")).to_csv(tmp, index=False)
+        table = result.table.assign(path=[run_layout.relative_to_run(p, run_dir) for p in result.table["path"]])
+        spreadsheet_safe_frame(table, keep=("path", "label", "class_name", "split")).to_csv(tmp, index=False)
     with atomic_path(data_dir / "split_summary.csv") as tmp:
         result.summary.to_csv(tmp, index=False)
     if len(result.excluded):
@@ -163,7 +164,8 @@ def read_split(run_dir: str | Path) -> pd.DataFrame:
     missing = [c for c in SPLIT_COLUMNS if c not in table.columns]
     if missing:
         raise StudyInputError(f"{path} lacks column(s) {missing}; expected {SPLIT_COLUMNS}")
-    return table
+    # stored relative to the run folder where the images lie inside it (generated data): absolute in memory
+    return table.assign(path=[str(run_layout.resolve_in_run(p, run_dir)) for p in table["path"]])
 
 
 def class_names_of(table: pd.DataFrame) -> list[str]:
@@ -176,13 +178,9 @@ def class_names_of(table: pd.DataFrame) -> list[str]:
 
 
 def split_paths(run_dir: str | Path, rows: pd.DataFrame) -> list[Path]:
-    """The image files of split rows: absolute paths as they are, relative ones that do not exist from
-    the working folder taken inside ``run_dir`` (the synthetic and MedMNIST images live in the run)."""
-    out = []
-    for path in rows["path"]:
-        p = Path(path)
-        out.append(p if p.is_absolute() or p.exists() else Path(run_dir) / p)
-    return out
+    """The image files of split rows: absolute paths as they are, relative ones inside ``run_dir`` (the
+    synthetic and MedMNIST images live in the run; :func:`read_split` already returns them absolute)."""
+    return [run_layout.resolve_in_run(p, run_dir) for p in rows["path"]]
 
 
 def split_sha256(table: pd.DataFrame) -> str:
@@ -208,5 +206,5 @@ def training_images(run_dir: str | Path, resolution: int) -> tuple[torch.Tensor,
     for path, p, label in zip(train_rows["path"], split_paths(run_dir, train_rows), train_rows["label"]):
         images.append(load_image(p, resolution).mul(255).round().to(torch.uint8))
         labels.append(int(label))
-        digest.update(f"{path},{label}\n".encode())
+        digest.update(f"{run_layout.relative_to_run(path, run_dir)},{label}\n".encode())  # the same in any folder
     return torch.stack(images), torch.tensor(labels, dtype=torch.long), class_names, digest.hexdigest()

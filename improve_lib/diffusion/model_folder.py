@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def write_final(final: Path, model, ema: EMAModel | None, scheduler, cfg: dict[s
                  "class_table": class_table_provenance(cfg, table_copy) if table_copy.is_file() else {}}
         atomic_write_json(partial / "model_index.json", index)
         atomic_write_json(partial / "class_names.json", class_names)
-        atomic_write_text(partial / "train_config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+        # RUN_DIR relative to the folder ("../../.." from models/<arm>/final): the run folder can move
+        stored = {**cfg, "RUN_DIR": os.path.relpath(cfg["RUN_DIR"], final.resolve())} if cfg.get("RUN_DIR") else cfg
+        atomic_write_text(partial / "train_config.yaml", yaml.safe_dump(stored, sort_keys=True))
         atomic_write_json(partial / "training_summary.json", summary)
         atomic_write_text(partial / "README.md", model_card(index, cfg, summary))
     return final

@@ -207,8 +207,8 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, settings: Map
         bar.update(len(chunk))
     bar.close()
     table = pd.DataFrame(rows)
-    with atomic_path(out_dir / "index.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "index.csv") as tmp:  # paths relative to the run folder: it can be moved
+        table.assign(path=[run_layout.relative_to_run(p, run_dir) for p in table["path"]]).to_csv(tmp, index=False)
     return table
 
 

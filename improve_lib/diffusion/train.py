@@ -88,8 +88,10 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
     04 writes them all); :data:`RUN_OPTIONS` may be left out. Keys of other notebooks are kept and ignored,
     so a run's whole ``params.yaml`` can be passed. Raises :class:`StudyInputError` naming the key.
     """
+    base = None  # a relative RUN_DIR is relative to the config file that holds it (notebook 04 writes "../..")
     if isinstance(config, (str, os.PathLike)):
         path = Path(config)
+        base = path.parent
         if not path.is_file():
             raise StudyInputError(f"training config {path} does not exist")
         raw = yaml.safe_load(path.read_text()) or {}
@@ -101,7 +103,8 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
     cfg = {**RUN_OPTIONS, **raw}
     if cfg["RUN_DIR"] in (None, ""):
         raise StudyInputError("RUN_DIR is not set in the training config")
-    cfg["RUN_DIR"] = str(Path(cfg["RUN_DIR"]).expanduser().resolve())
+    run = Path(cfg["RUN_DIR"]).expanduser()
+    cfg["RUN_DIR"] = str((base / run if base is not None and not run.is_absolute() else run).resolve())
     for key, choices in _CHOICES.items():
         one_of(cfg[key], key, choices)
     for key, (low, high, low_open, high_open) in _FLOATS.items():

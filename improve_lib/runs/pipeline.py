@@ -293,7 +293,8 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
     run_dir.mkdir(parents=True, exist_ok=True)
     run_layout.notebooks_dir(run_dir).mkdir(exist_ok=True)
     run_layout.figures_dir(run_dir).mkdir(exist_ok=True)
-    atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=True))
+    # RUN_DIR is the folder that holds the file: "." keeps identical runs in two folders byte-identical
+    atomic_write_text(run_dir / "params.yaml", yaml.safe_dump({**params, "RUN_DIR": "."}, sort_keys=True))
     run_id = run_dir.name
     m = manifest.start(run_dir, run_id, profile, params)
     if existing:  # files put into the folder since its last notebook are not the run's: listed as unclaimed

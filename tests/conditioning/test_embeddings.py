@@ -200,10 +200,14 @@ def test_bad_images_and_non_finite_embeddings_name_the_path(tmp_path):
 
 def test_embeddings_file_round_trip_and_validation(tmp_path):
     vectors = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
-    path = save_embeddings(tmp_path / "train.npz", ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [0, 1, 1, 0],
+    run = tmp_path / "run"  # the file lies in a run's embeddings/: images inside the run are stored relative to it
+    images = [run / "data" / "images" / n for n in ("a.jpg", "b.jpg", "c.jpg")] + [tmp_path / "dataset" / "d.jpg"]
+    path = save_embeddings(run / "embeddings" / "train.npz", images, [0, 1, 1, 0],
                            ["BLA", "EOS"], vectors, "efficientnet-lite0")
+    with np.load(path) as raw:
+        assert raw["paths"].tolist() == ["data/images/a.jpg", "data/images/b.jpg", "data/images/c.jpg", str(images[3])]
     emb = load_embeddings(path)
-    assert emb["paths"] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"] and emb["class_names"] == ["BLA", "EOS"]
+    assert emb["paths"] == [str(p) for p in images] and emb["class_names"] == ["BLA", "EOS"]
     assert emb["encoder_id"] == "efficientnet-lite0" and np.array_equal(emb["vectors"], vectors)
     assert emb["labels"].tolist() == [0, 1, 1, 0] and emb["file"] == str(path)
     check_class_sets(emb, ["BLA", "EOS"])

@@ -5,6 +5,7 @@ Tiny UNets (channels 8/16, 16 px, 2 classes, 8 training images) so that each tes
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,9 @@ def make_run(root, n_train=4, n_test=1, seed=0):
             Image.fromarray(arr).save(path)
             rows.append({"path": str(path), "label": label, "class_name": name,
                          "split": "train" if i < n_train else "test", "group": f"{name}_{i}"})
-    pd.DataFrame(rows).to_csv(root / "data" / "split.csv", index=False)
+    # as notebook 01 writes it: images inside the run folder relative to it, so a copied run is a run of its own
+    pd.DataFrame(rows).assign(path=lambda t: [str(Path(p).relative_to(root)) for p in t["path"]]).to_csv(
+        root / "data" / "split.csv", index=False)
     vectors = rng.normal(size=(n_train * len(CLASSES), D)).astype(np.float32)
     train_paths = [r["path"] for r in rows if r["split"] == "train"]
     save_embeddings(root / "embeddings" / "train.npz", train_paths, np.repeat(np.arange(len(CLASSES)), n_train),
