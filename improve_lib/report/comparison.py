@@ -299,15 +299,16 @@ def seed_claim(differences: Sequence[float], low: float, high: float) -> tuple[f
     differences against 0) and the claim their t-interval ``[low, high]`` supports."""
     p = float(stats.ttest_1samp(np.asarray(differences, dtype=float), 0.0).pvalue)
     claim = ("the prototype arm is better" if low > 0 else "the baseline is better" if high < 0
-             else "neither arm is better beyond the variation between training seeds")
+             else "neither arm is better beyond the variation between replicates")
     return p, claim
 
 
 def arm_verdict(long: pd.DataFrame, grid_keys: Sequence[str], level: float = 0.95) -> str:
-    """Per grid point, the prototype-minus-baseline TSTR F1 difference over training seeds: mean, Student-t
+    """Per grid point, the prototype-minus-baseline TSTR F1 difference over seeds: mean, Student-t
     interval and the paired t-test's p (``scipy.stats.ttest_1samp`` of the per-seed differences against 0).
     A winner is named only with at least :data:`MIN_SEEDS_FOR_A_CLAIM` seeds and an interval that excludes
-    0: the seeds are independent trainings of both arms, so this interval covers training variance."""
+    0. A seed draws the split, the prototypes and both arms' training (unless SPLIT_SEED fixes the split), so
+    each is a replicate of the whole study and the interval covers split and training variance together."""
     diffs = long[long.metric == "TSTR F1 difference (points)"]
     if diffs.empty:
         return "No run of this sweep compared both arms (ARMS needs baseline and prototype)."
@@ -317,11 +318,12 @@ def arm_verdict(long: pd.DataFrame, grid_keys: Sequence[str], level: float = 0.9
         values = g["value"].to_numpy(dtype=float)
         mean, low, high = t_interval(values.tolist(), level)
         if len(values) < MIN_SEEDS_FOR_A_CLAIM:
-            lines.append(f"- **{where}**: {len(values)} training seed(s), difference {mean:+.1f} points: fewer than "
+            lines.append(f"- **{where}**: {len(values)} seed(s), difference {mean:+.1f} points: fewer than "
                          f"{MIN_SEEDS_FOR_A_CLAIM} seeds, so no winner is declared.")
             continue
         p, claim = seed_claim(values, low, high)
         lines.append(f"- **{where}**: prototype minus baseline {mean:+.1f} points, {int(level * 100)} % t-interval over "
-                     f"{len(values)} training seeds [{low:+.1f}, {high:+.1f}], paired t-test p = {p:.3f}: **{claim}**.")
+                     f"{len(values)} seeds (whole-study replicates) [{low:+.1f}, {high:+.1f}], paired t-test "
+                     f"p = {p:.3f}: **{claim}**.")
     return "\n".join(lines)
 

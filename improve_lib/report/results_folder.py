@@ -18,13 +18,15 @@ import math
 import shutil
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
 from improve_lib.core import folders, manifest
 from improve_lib.core.errors import StudyInputError
-from improve_lib.core.files import atomic_write_text, sha256_file
+from improve_lib.core.files import atomic_path, atomic_write_text, sha256_file
 from improve_lib.metrics import paper_tables
+from improve_lib.report import verdict
 from improve_lib.report.comparison import MIN_SEEDS_FOR_A_CLAIM, seed_claim, t_interval
 
 # per run: (file in the run folder, name in the results folder); outputs the manifest hashed
@@ -106,7 +108,14 @@ def verify(out_dir: str | Path) -> list[str]:
     if (out_dir / SUMMARY).is_file() and (out_dir / SUMMARY).read_text(encoding="utf-8") != summary_markdown(out_dir):
         raise StudyInputError(f"{out_dir / SUMMARY} is not what the folder's runs give: edited by hand, or written by "
                               f"older code (rewrite it with improve_lib.report.results_folder.write_summary)")
+    if all(_seed_of(r) in verdict.PREREGISTERED_SEEDS for r in runs) \
+            and not (out_dir / FOREST).is_file():
+        raise StudyInputError(f"{out_dir}: {FOREST} missing (a pre-registered folder's forest plot: write_summary writes it)")
     return [r.name for r in runs]
+
+
+def _seed_of(run: Path):
+    return (manifest.load(run).get("sweep") or {}).get("seed")
 
 
 # ----------------------------------------------------------------------------- the paper's tables over seeds
@@ -145,7 +154,13 @@ def _read_runs(out_dir: Path) -> list[dict]:
                   if (run / f"{name}.csv").is_file()}
         stages = m.get("stages", {})
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+        if (run / "tstr_per_class_f1.csv").is_file():
+            tables["tstr_per_class_f1"] = pd.read_csv(run / "tstr_per_class_f1.csv")
+        trained = m.get("facts", {}).get("04_train_diffusion", {})
         runs.append({"name": run.name, "seed": (m.get("sweep") or {}).get("seed"), "tables": tables,
+                     "precision": "/".join(sorted(set((trained.get("mixed_precision") or {}).values()))) or "-",
+                     "cpu": "/".join(sorted(set((trained.get("cpu_capability") or {}).values()))) or "-",
+                     "commit": (m.get("git") or {}).get("commit", "")[:7],
                      "comparison": (metrics.get("tstr") or {}).get("comparison"),
                      "seconds": sum(float(st.get("seconds") or 0) for st in stages.values()),
                      "own_seconds": sum(float(st.get("seconds") or 0) for st in stages.values() if not st.get("reused_from")),
@@ -164,12 +179,18 @@ def summary_markdown(out_dir: str | Path) -> str:
     runs = _read_runs(out_dir)
     paper = paper_tables.tstr(dataset) or {}
     p0 = runs[0]["params"]
-    lines = [f"# {dataset}: the study over {len(runs)} diffusion seed(s)", "",
+    registered = all(r["seed"] in verdict.PREREGISTERED_SEEDS for r in runs)
+    lines = [f"# {dataset}: the study over {len(runs)} replicate(s)" + (" (pre-registered)" if registered else ""), "",
              f"Profile `{p0.get('PROFILE')}`, {p0.get('RESOLUTION')} px, seeds {', '.join(str(r['seed']) for r in runs)}; "
              f"TSTR classifier {p0.get('CLASSIFIER')} ({p0.get('EVAL_EPOCHS')} epochs, classifier seeds "
-             f"{p0.get('EVAL_SEEDS')}). Cells: mean over diffusion seeds and 95 % Student-t interval over them "
-             "(`(n=1)`: one seed, no interval). Written by `improve_lib.report.results_folder.summary_markdown` from this folder's "
-             "files; a test checks it.", "", "## Train on synthetic, test on real (the paper's Tables 5 and 6)", ""]
+             f"{p0.get('EVAL_SEEDS')}). Each seed is a replicate of the whole study: it draws the train/test split, the "
+             "prototypes and both arms' training, so an interval over replicates holds split and training variance "
+             "together. Cells: mean over replicates and 95 % Student-t interval over them "
+             "(`(n=1)`: one replicate, no interval). Written by `improve_lib.report.results_folder.summary_markdown` from this "
+             "folder's files; a test checks it.", ""]
+    if registered:
+        lines += _registered_section(runs, dataset)
+    lines += ["## Train on synthetic, test on real (the paper's Tables 5 and 6)", ""]
     per = [r["tables"]["tstr"].set_index("training_set") for r in runs if "tstr" in r["tables"]]
     rows = []
     for arm in ARMS:
@@ -183,13 +204,15 @@ def summary_markdown(out_dir: str | Path) -> str:
     diffs = [t.loc["prototype", "f1_mean"] - t.loc["baseline", "f1_mean"] for t in per
              if {"prototype", "baseline"} <= set(t.index)]
     if diffs:
-        text = f"**Prototype minus baseline, macro F1:** {_cell(diffs, signed=True)} points over {len(diffs)} seed(s)"
-        if len(diffs) >= MIN_SEEDS_FOR_A_CLAIM:
+        text = f"**Prototype minus baseline, macro F1:** {_cell(diffs, signed=True)} points over {len(diffs)} replicate(s)"
+        if registered:
+            text += ": the registered test is in the verdict above."
+        elif len(diffs) >= MIN_SEEDS_FOR_A_CLAIM:
             _, low, high = t_interval(diffs)
             p, claim = seed_claim(diffs, low, high)
             text += f", paired t-test p = {_p(p)}: **{claim}**."
         else:
-            text += f": fewer than {MIN_SEEDS_FOR_A_CLAIM} seeds, no winner is declared."
+            text += f": fewer than {MIN_SEEDS_FOR_A_CLAIM} replicates, no winner is declared."
         if paper.get("f1"):
             text += f" (Paper: {paper['f1']['prototype'] - paper['f1']['baseline']:+.2f} points, one run.)"
         within = [f"seed {r['seed']} {100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] "
@@ -200,16 +223,94 @@ def summary_markdown(out_dir: str | Path) -> str:
         lines += [text, ""]
     lines += _plausibility_section(runs, dataset)
     lines += _fidelity_section(runs)
-    lines += ["## Run time", "", "Notebooks 01-07 per seed as recorded in the manifests (a seed that reused the "
-              "first seed's 01-03 counts their recorded time): " + ", ".join(
+    lines += ["## Run time", "", "Notebooks 01-07 per replicate, the sum of the stage times its manifest records (a "
+              "replicate that reused another's 01-03 counts their recorded time; a resumed run's stages ran in more "
+              "than one sitting): " + ", ".join(
                   f"seed {r['seed']} {r['seconds'] / 60:.1f} min" + (f" ({r['own_seconds'] / 60:.1f} min its own)"
                                                                      if r["own_seconds"] < r["seconds"] else "")
                   for r in runs) + ".", ""]
     return "\n".join(lines)
 
 
+FOREST = "verdict_forest.png"
+
+
+def _differences(runs: list[dict]) -> pd.DataFrame:
+    """Per replicate: seed, prototype - baseline macro F1 (points, mean over classifier seeds) and its within-run
+    bootstrap interval, the training precision and CPU."""
+    rows = []
+    for r in runs:
+        t = r["tables"].get("tstr")
+        if t is None or not {"prototype", "baseline"} <= set(t["training_set"]):
+            continue
+        t = t.set_index("training_set")
+        c = r["comparison"] or {}
+        rows.append({"seed": r["seed"], "diff": t.loc["prototype", "f1_mean"] - t.loc["baseline", "f1_mean"],
+                     "low": 100 * c.get("low", math.nan), "high": 100 * c.get("high", math.nan),
+                     "precision": r["precision"], "cpu": r["cpu"], "commit": r["commit"]})
+    return pd.DataFrame(rows, columns=["seed", "diff", "low", "high", "precision", "cpu", "commit"])
+
+
+def _registered_section(runs: list[dict], dataset: str) -> list[str]:
+    """The analysis of ``results/PREREGISTRATION.md``: test, TOST, words, per-class differences, forest plot,
+    precision per replicate and the power the spread seen gives."""
+    d = _differences(runs)
+    res = verdict.verdict(d["diff"].tolist())
+    f = "{:+.1f}".format
+    lines = ["## The pre-registered verdict", "",
+             f"As registered in `{verdict.PREREGISTRATION}` (seeds {', '.join(map(str, verdict.PREREGISTERED_SEEDS))}; "
+             f"paired t-test two-sided α = {verdict.ALPHA}; TOST against ±{verdict.MARGIN:.1f} points):", "",
+             "| replicates | prototype − baseline, macro F1 [95 % t] | paired t p | 90 % t-interval | TOST p | verdict |",
+             "|---|---|---|---|---|---|",
+             f"| {res.n} of {verdict.PLANNED_REPLICATES} | {f(res.mean)} [{f(res.low)}, {f(res.high)}] | {_p(res.p)} | "
+             f"[{f(res.low90)}, {f(res.high90)}] | {_p(res.tost_p)} | **{res.words}** |", ""]
+    if res.n >= 2:
+        sd = float(d["diff"].std(ddof=1))
+        paper = paper_tables.tstr(dataset) or {}
+        effect = (paper.get("f1", {}).get("prototype", math.nan) - paper.get("f1", {}).get("baseline", math.nan))
+        lines += [f"sd of the difference over these replicates: {sd:.2f} points; with {verdict.PLANNED_REPLICATES} "
+                  f"replicates at that sd the paired t-test finds a true +2.0 points with probability "
+                  f"{verdict.power(sd, 2.0):.2f}" + (f" and the paper's {effect:+.2f} with {verdict.power(sd, effect):.2f}"
+                                                     if not math.isnan(effect) else "") + " (noncentral t).", ""]
+    lines += [f"![forest plot]({FOREST})", "", "Per replicate (within-run interval: the paired bootstrap over the "
+              "real test images and classifier seeds; training precision and CPU from the manifest):", "",
+              d.assign(**{"difference [within-run 95 %]": [f"{f(a)} [{f(b)}, {f(c)}]" for a, b, c in
+                                                           zip(d["diff"], d["low"], d["high"])]})
+              [["seed", "difference [within-run 95 %]", "precision", "cpu", "commit"]].to_markdown(index=False), ""]
+    if d["precision"].nunique() > 1:
+        lines += ["The replicates mix training precisions; the registered test within each:", ""]
+        for prec, g in d.groupby("precision"):
+            sub = verdict.verdict(g["diff"].tolist(), planned=len(g))
+            lines.append(f"- {prec}: n = {sub.n}, {f(sub.mean)} [{f(sub.low)}, {f(sub.high)}], p = {_p(sub.p)}")
+        lines.append("")
+    per_class = [r["tables"]["tstr_per_class_f1"] for r in runs if "tstr_per_class_f1" in r["tables"]]
+    if per_class:
+        pc = verdict.per_class_differences(per_class)
+        pc["prototype − baseline F1 [95 % t]"] = [f"{f(a)} [{f(b)}, {f(c)}]" if not math.isnan(b) else f"{f(a)} (n=1)"
+                                                  for a, b, c in zip(pc["difference"], pc["low"], pc["high"])]
+        lines += ["Per class (the paper's Tables 5 and 6 are per class; a secondary endpoint, no verdict words):", "",
+                  pc[["class", "prototype − baseline F1 [95 % t]", "n"]].to_markdown(index=False), ""]
+    return lines
+
+
+def write_forest(out_dir: str | Path) -> Path | None:
+    """The forest plot of a pre-registered results folder (:data:`FOREST`); None for any other folder."""
+    out_dir = Path(out_dir)
+    runs = _read_runs(out_dir)
+    if not runs or not all(r["seed"] in verdict.PREREGISTERED_SEEDS for r in runs):
+        return None
+    d = _differences(runs)
+    fig = verdict.forest_figure(d, verdict.verdict(d["diff"].tolist()), f"{_dataset(out_dir)}: the registered endpoint")
+    path = out_dir / FOREST
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def _plausibility_section(runs: list[dict], dataset: str) -> list[str]:
-    tabs = [r["tables"]["objective_plausibility"].set_index("class") for r in runs if "objective_plausibility" in r["tables"]]
+    scored = [r for r in runs if "objective_plausibility" in r["tables"]]
+    tabs = [r["tables"]["objective_plausibility"].set_index("class") for r in scored]
     if not tabs:
         return []
     expert = paper_tables.plausibility(dataset) or {}
@@ -223,9 +324,9 @@ def _plausibility_section(runs: list[dict], dataset: str) -> list[str]:
             if expert:
                 row[f"expert {arm} % (paper)"] = (expert[arm] if cls == "mean" else
                                                   expert.get("per_class", {}).get(cls, {}).get(arm, ""))
-        reasons = sorted({str(t.loc[cls, "reason"]) for t in tabs if "reason" in t.columns and cls in t.index
-                          and isinstance(t.loc[cls, "reason"], str) and t.loc[cls, "reason"]})
-        row["not scored because"] = "; ".join(reasons)[:160] if row["baseline %"] == "-" else ""
+        reasons = [f"seed {r['seed']}: {t.loc[cls, 'reason']}" for r, t in zip(scored, tabs) if "reason" in t.columns
+                   and cls in t.index and isinstance(t.loc[cls, "reason"], str) and t.loc[cls, "reason"]]
+        row["not scored because"] = "; ".join(reasons) if row["baseline %"] == "-" else ""
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table["not scored because"].any():
@@ -267,5 +368,6 @@ def _fidelity_section(runs: list[dict]) -> list[str]:
 def write_summary(out_dir: str | Path) -> Path:
     """(Re)write ``SUMMARY.md`` of a results folder from its files; returns its path."""
     path = Path(out_dir) / SUMMARY
+    write_forest(out_dir)
     atomic_write_text(path, summary_markdown(out_dir))
     return path

@@ -56,8 +56,7 @@ COMPARE_NOTEBOOK = "08_compare_runs.ipynb"
 RESERVED = {"SEED": "give seeds with --seeds", "RUN_DIR": "each run gets its own folder",
             "PROFILE": "give the profile with --profile"}
 VARIANT_KEY = "RECIPE"  # the grid axis of a preset's named variants (each sets several keys at once)
-PRESET_KEYS = {"description", "profile", "dataset", "data_dir", "grid", "variants", "seeds", "set", "from", "to",
-               "time"}
+PRESET_KEYS = {"description", "profile", "dataset", "data_dir", "grid", "variants", "seeds", "set", "from", "to", "time"}
 
 
 @dataclass
@@ -323,7 +322,7 @@ class RunOutcome:
     """What happened to one run of the sweep."""
     run: SweepRun
     status: str  # done | skipped (complete) | failed | planned
-    seconds: float = 0.0
+    seconds: float = 0.0  # a skipped run's: the stage times its manifest recorded when it ran
     reused: str = ""
     error: str = ""
 
@@ -424,7 +423,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None, dry_run: boo
     for i, run in enumerate(runs):
         label = f"[{i + 1}/{len(runs)}] {run.name}"
         if len(sharing.own_prefix(run, sweep_dir, books)) == len(books):
-            outcomes[i] = RunOutcome(run, "skipped (complete)")
+            stages = manifest.load(sweep_dir / run.name).get("stages", {}).values()
+            outcomes[i] = RunOutcome(run, "skipped (complete)", sum(float(st.get("seconds") or 0) for st in stages))
             echo(f"{label}: complete, skipped")
         else:
             tasks[i] = (spec, run, label, sweep_dir, books, notebook_dir, progress and in_order)
@@ -488,9 +488,7 @@ def execute_run(spec: SweepSpec, run: SweepRun, label: str, sweep_dir: Path, boo
             reused = f"{own[0][:2]}-{own[-1][:2]} (own, resumed)"
         echo(f"{label}: " + (f"reuses {reused}" if reused else "runs every notebook"))
         fresh = not run_dir.is_dir() or not any(run_dir.iterdir())  # a run folder this sweep makes now
-        m = manifest.load(run_dir)  # a fresh folder gets the manifest's skeleton (inputs, outputs, ...) marked
-        if fresh:
-            m["written_by"] = manifest.WRITTEN_BY
+        m = {**manifest.load(run_dir), **({"written_by": manifest.WRITTEN_BY} if fresh else {})}  # whole skeleton
         m["sweep"] = {"folder": str(sweep_dir), "point": run.point, "seed": run.seed, **_identity(spec, run)}
         manifest.save(run_dir, m)
         run_pipeline(spec.profile, dataset=spec.dataset, data_dir=spec.data_dir, run_dir=run_dir,

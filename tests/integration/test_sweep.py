@@ -216,6 +216,7 @@ def test_sweep_shares_upstream_skips_complete_and_continues_past_failure(tiny_no
     (sw / "exec.log").unlink()
     _, again = sweep.run_sweep(spec, sw, compare=False, progress=False, notebook_dir=tiny_notebooks)
     assert sum(o.status == "skipped (complete)" for o in again) == 4
+    assert all(o.seconds > 0 for o in again if o.status == "skipped (complete)")  # the time it took, not 0
     assert sorted(_log(sw)) == ["02 gamma_3-seed0", "02 gamma_3-seed1"]
 
     # a new grid value reuses 01 of the matching seed only

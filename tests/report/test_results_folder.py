@@ -2,6 +2,7 @@
 manifests hashed when the runs wrote them (no number edited by hand)."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -65,3 +66,53 @@ def test_demo_objective_tables_are_the_ones_its_run_wrote():
     for name in copied:
         key = name if name == "params.yaml" else (f"figures/{name}" if name.endswith(".png") else f"tables/{name}")
         assert sha256_file(folder / name) == outputs[key], f"{name} is not the file its run wrote"
+
+
+def test_a_registered_folder_gets_the_registered_analysis(tmp_path):
+    """A results folder whose replicates are the pre-registered seeds gets the registered section (test, TOST,
+    words, forest plot, per-class differences, precision per replicate); before all 8 it says incomplete."""
+    import json
+
+    from improve_lib.report import verdict
+
+    copy = tmp_path / "ham10000"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "results" / "ham10000", copy)
+    for run, seed in zip(sorted((copy / "runs").iterdir()), verdict.PREREGISTERED_SEEDS):
+        m = json.loads((run / "manifest.json").read_text())
+        m["sweep"]["seed"] = seed  # the pilot's files posing as registered replicates
+        (run / "manifest.json").write_text(json.dumps(m))
+    (copy / results_folder.SUMMARY).unlink()  # the pilot's summary, written for other seeds
+    with pytest.raises(StudyInputError, match="verdict_forest.png missing"):
+        results_folder.verify(copy)
+    results_folder.write_summary(copy)
+    assert results_folder.verify(copy) and (copy / results_folder.FOREST).stat().st_size > 1000
+    text = (copy / results_folder.SUMMARY).read_text()
+    assert "## The pre-registered verdict" in text and "(pre-registered)" in text.splitlines()[0]
+    assert f"| 3 of {verdict.PLANNED_REPLICATES} | +2.7 [-1.5, +7.0] | 0.110 |" in text
+    assert "**incomplete, n = 3 of 8" in text and re.search(r"\|\s+3 \| \+3\.2 \[\+0\.3, \+6\.7\]\s+\| no\s+\| AVX2", text)
+    assert "Per class" in text and "| bkl " in text
+
+
+def test_registered_replicates_ran_after_the_registration_was_committed():
+    """Every replicate committed under results/ with a pre-registered seed ran at a commit that has the commit
+    adding results/PREREGISTRATION.md as a strict ancestor (the registration came before the data)."""
+    import json
+    import subprocess
+
+    from improve_lib.report import verdict
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+
+    added = git("log", "--diff-filter=A", "--format=%H", "--", verdict.PREREGISTRATION).stdout.split()
+    if not added:
+        pytest.skip("no git history here (an exported tree): the ancestry of the replicates cannot be read")
+    registered = [run for folder in COMMITTED for run in sorted((folder / "runs").glob("*/manifest.json"))
+                  if (json.loads(run.read_text()).get("sweep") or {}).get("seed") in verdict.PREREGISTERED_SEEDS]
+    for run in registered:
+        commit = json.loads(run.read_text())["git"]["commit"]
+        assert commit != added[-1], f"{run}: ran at the registration's own commit"
+        assert git("merge-base", "--is-ancestor", added[-1], commit).returncode == 0, \
+            f"{run}: ran at {commit[:7]}, not after the registration {added[-1][:7]}"
