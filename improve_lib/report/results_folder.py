@@ -36,7 +36,7 @@ RUN_FILES = (("metrics/metrics.json", "metrics.json"), ("prototypes/metrics.json
 RUN_TABLES = (("tables/tstr.csv", "tstr.csv"), ("tables/fidelity.csv", "fidelity.csv"),
               ("tables/objective_plausibility.csv", "objective_plausibility.csv"),
               ("tables/tstr_per_class_f1.csv", "tstr_per_class_f1.csv"), ("tables/copy_check.csv", "copy_check.csv"),
-              ("tables/morphometry_calibration.csv", "morphometry_calibration.csv"))
+              ("tables/morphometry_calibration.csv", "morphometry_calibration.csv"), ("tables/probe.csv", "probe.csv"))
 RUN_FIGURES = ("figures/05_samples_prototype.png", "figures/05_samples_baseline.png", "figures/05_tone_prototype.png",
                "figures/05_tone_baseline.png")
 SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summary.csv", "comparison/verdict.md",
@@ -154,8 +154,9 @@ def _read_runs(out_dir: Path) -> list[dict]:
                   if (run / f"{name}.csv").is_file()}
         stages = m.get("stages", {})
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-        if (run / "tstr_per_class_f1.csv").is_file():
-            tables["tstr_per_class_f1"] = pd.read_csv(run / "tstr_per_class_f1.csv")
+        for name in ("tstr_per_class_f1", "probe"):
+            if (run / f"{name}.csv").is_file():
+                tables[name] = pd.read_csv(run / f"{name}.csv")
         trained = m.get("facts", {}).get("04_train_diffusion", {})
         runs.append({"name": run.name, "seed": (m.get("sweep") or {}).get("seed"), "tables": tables,
                      "precision": "/".join(sorted(set((trained.get("mixed_precision") or {}).values()))) or "-",
@@ -165,6 +166,12 @@ def _read_runs(out_dir: Path) -> list[dict]:
                      "seconds": sum(float(st.get("seconds") or 0) for st in stages.values()),
                      "own_seconds": sum(float(st.get("seconds") or 0) for st in stages.values() if not st.get("reused_from")),
                      "params": yaml.safe_load((run / "params.yaml").read_text()) or {}})
+    probes = out_dir / PROBE  # tools/probe_replicates.py: the probe of runs whose notebook 06 predates it
+    if probes.is_file():
+        table = pd.read_csv(probes)
+        for r in runs:
+            if "probe" not in r["tables"] and (table["run"] == r["name"]).any():
+                r["tables"]["probe"] = table[table["run"] == r["name"]]
     return runs
 
 
@@ -233,6 +240,7 @@ def summary_markdown(out_dir: str | Path) -> str:
 
 
 FOREST = "verdict_forest.png"
+PROBE = "probe.csv"  # written by tools/probe_replicates.py
 
 
 def _differences(runs: list[dict]) -> pd.DataFrame:
@@ -283,6 +291,7 @@ def _registered_section(runs: list[dict], dataset: str) -> list[str]:
             sub = verdict.verdict(g["diff"].tolist(), planned=len(g))
             lines.append(f"- {prec}: n = {sub.n}, {f(sub.mean)} [{f(sub.low)}, {f(sub.high)}], p = {_p(sub.p)}")
         lines.append("")
+    lines += _probe_lines(runs, d)
     per_class = [r["tables"]["tstr_per_class_f1"] for r in runs if "tstr_per_class_f1" in r["tables"]]
     if per_class:
         pc = verdict.per_class_differences(per_class)
@@ -291,6 +300,28 @@ def _registered_section(runs: list[dict], dataset: str) -> list[str]:
         lines += ["Per class (the paper's Tables 5 and 6 are per class; a secondary endpoint, no verdict words):", "",
                   pc[["class", "prototype − baseline F1 [95 % t]", "n"]].to_markdown(index=False), ""]
     return lines
+
+
+def _probe_lines(runs: list[dict], tstr_diffs: pd.DataFrame) -> list[str]:
+    """The registered second instrument (:mod:`improve_lib.metrics.probe`) beside the TSTR difference."""
+    rows = []
+    for r in runs:
+        t = r["tables"].get("probe")
+        if t is not None and {"prototype", "baseline"} <= set(t["training_set"]):
+            f1 = t.set_index("training_set")["macro_f1"]
+            rows.append({"seed": r["seed"], "probe": f1["prototype"] - f1["baseline"], "real": f1.get("real")})
+    if not rows:
+        return []
+    d = pd.DataFrame(rows).merge(tstr_diffs[["seed", "diff"]], on="seed", how="left")
+    res = verdict.verdict(d["probe"].tolist(), planned=1)
+    same = int((d["probe"] * d["diff"] > 0).sum())
+    f = "{:+.1f}".format
+    p = f", paired t p = {_p(res.p)}" if res.n >= 2 else ""
+    return [f"**Second instrument** (registered secondary endpoint: a logistic-regression probe on the encoder's "
+            f"standardised features, `improve_lib.metrics.probe`): prototype − baseline macro F1 {f(res.mean)}"
+            + (f" [{f(res.low)}, {f(res.high)}]" if res.n >= 2 else "") + f" points over {res.n} replicate(s){p}; "
+            f"its sign agrees with TSTR's in {same} of {len(d)}. The probe trained on the real training images "
+            f"scores {_cell(d['real'].dropna().tolist())} %.", ""]
 
 
 def write_forest(out_dir: str | Path) -> Path | None:

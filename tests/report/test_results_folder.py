@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from improve_lib.core.errors import StudyInputError
@@ -90,7 +91,17 @@ def test_a_registered_folder_gets_the_registered_analysis(tmp_path):
     assert "## The pre-registered verdict" in text and "(pre-registered)" in text.splitlines()[0]
     assert f"| 3 of {verdict.PLANNED_REPLICATES} | +2.7 [-1.5, +7.0] | 0.110 |" in text
     assert "**incomplete, n = 3 of 8" in text and re.search(r"\|\s+3 \| \+3\.2 \[\+0\.3, \+6\.7\]\s+\| no\s+\| AVX2", text)
-    assert "Per class" in text and "| bkl " in text
+    assert "Per class" in text and "| bkl " in text and "Second instrument" not in text
+    rows = [{"run": run, "seed": seed, "training_set": ts, "macro_f1": f1, "n_train": 700}
+            for run, seed, d in (("seed0", 3, 2.0), ("seed1", 4, 1.0), ("seed2", 5, -1.0))
+            for ts, f1 in (("real", 50.0), ("baseline", 40.0), ("prototype", 40.0 + d))]
+    pd.DataFrame(rows).to_csv(copy / results_folder.PROBE, index=False)  # as tools/probe_replicates.py writes it
+    with pytest.raises(StudyInputError, match="SUMMARY.md is not what"):
+        results_folder.verify(copy)
+    results_folder.write_summary(copy)
+    text = (copy / results_folder.SUMMARY).read_text()
+    assert "prototype − baseline macro F1 +0.7 [-3.1, +4.5] points over 3 replicate(s)" in text
+    assert "its sign agrees with TSTR's in 2 of 3" in text
 
 
 def test_registered_replicates_ran_after_the_registration_was_committed():

@@ -1,0 +1,44 @@
+"""The registered second instrument: a logistic-regression probe on encoder features (improve_lib.metrics.probe)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from improve_lib.metrics import probe
+
+
+def test_probe_scores_a_separable_set_high_and_shuffled_labels_near_chance():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, size=(4, 16))
+
+    def draw(n):
+        y = np.repeat(np.arange(4), n)
+        return centres[y] + rng.normal(size=(len(y), 16)), y
+
+    (xt, yt), (xr, yr) = draw(30), draw(40)
+    vectors = {"real test": xt, "real train": xr, "baseline": xr, "prototype": xr}
+    labels = {"real test": yt, "real train": yr, "baseline": rng.permutation(yr), "prototype": yr}
+    table = probe.probe_table(vectors, labels).set_index("training_set")
+    assert list(table.index) == ["real", "baseline", "prototype"] and (table["n_train"] == 160).all()
+    assert table.loc["real", "macro_f1"] > 95 and table.loc["prototype", "macro_f1"] == table.loc["real", "macro_f1"]
+    assert table.loc["baseline", "macro_f1"] < 50
+    again = probe.probe_table(vectors, labels)  # deterministic: one fit per training set needs no seed
+    pd.testing.assert_frame_equal(again, table.reset_index())
+
+
+def test_the_tool_gives_the_notebooks_probe_for_a_finished_run(smoke_synthetic_run):
+    """Notebook 06 writes the probe into metrics.json; tools/probe_replicates.py recomputes it from the run's files
+    (for runs made before the probe cell) and must agree."""
+    path = Path(__file__).resolve().parents[2] / "tools" / "probe_replicates.py"
+    spec = importlib.util.spec_from_file_location("probe_replicates", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    written = pd.DataFrame(json.loads((smoke_synthetic_run / "metrics" / "metrics.json").read_text())["probe"])
+    assert list(written["training_set"]) == ["real", "baseline", "prototype"]
+    again = tool.probe_run(smoke_synthetic_run)
+    assert again["macro_f1"].to_numpy() == pytest.approx(written["macro_f1"].to_numpy(), abs=1e-9)
