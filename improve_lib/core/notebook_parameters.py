@@ -102,7 +102,7 @@ def all_declared(notebooks: Sequence[Path] | None = None) -> dict[str, dict[str,
 # The types of the parameters whose default is None (any other parameter takes the type of its default).
 OPTIONAL_TYPES: dict[str, Any] = {"DATA_DIR": "", "CACHE_DIR": "", "CLASSIFIER_WEIGHTS": "", "REVIEWER_DISPLAY_NAME": "",
                                   "CLASSES": ["LYT", "MON"], "METRICS": ["TSTR macro F1 %"], "EPOCHS": 1.0,
-                                  "SNR_GAMMA": 1.0, "SPLIT_SEED": 0}
+                                  "SNR_GAMMA": 1.0, "SPLIT_SEED": 0, "EXTERNAL_TEST_DIR": ""}
 
 
 def check_types(params: dict[str, Any], where: str = "parameter") -> dict[str, Any]:

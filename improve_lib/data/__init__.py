@@ -8,7 +8,6 @@ Datasets (``DATASET``): ``synthetic`` (embedded default, generated into the run 
 ``ham10000``, ``bone_marrow``, ``dermamnist`` and ``bloodmnist`` (MedMNIST npz files).
 """
 from __future__ import annotations
-from improve_lib.core import run_layout
 
 import hashlib
 import os
@@ -18,9 +17,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from improve_lib.core import run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, spreadsheet_safe_frame
 from improve_lib.data import bone_marrow, ham10000, medmnist, synthetic_cells
+from improve_lib.data.external import ExternalTest, external_test
 from improve_lib.data.images import (ImageTableDataset, center_crop_resize, load_image, load_images, open_rgb,
                                      verify_images)
 from improve_lib.data.split import SPLIT_COLUMNS, finalise, per_class_group_split
@@ -31,6 +32,7 @@ __all__ = [
     "DATASETS", "SplitResult", "build_split", "check_source", "write_split", "read_split",
     "class_names_of", "load_image", "load_images", "open_rgb", "center_crop_resize", "verify_images",
     "ImageTableDataset", "SPLIT_COLUMNS", "split_paths", "split_sha256", "training_images", "synthetic_cells",
+    "ExternalTest", "external_test",
 ]
 
 

@@ -257,7 +257,7 @@ def predict(model: nn.Module, images, batch_size: int = 256) -> np.ndarray:
 def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class_names: Sequence[str], *,
                 arch: str, seeds: Sequence[int], epochs: int, batch_size: int, lr: float, n_boot: int,
                 progress: bool = True, weights_path=None, device=None, alpha: float = 0.05, boot_seed: int = 0,
-                compare: tuple[str, str] = ("prototype", "baseline")) -> dict:
+                compare: tuple[str, str] = ("prototype", "baseline"), extra_tests: Mapping[str, tuple] | None = None) -> dict:
     """Train one classifier per (training set, seed) with the same budget and score each on the same
     real test split (IMPROVE Tables 5, 6).
 
@@ -267,7 +267,9 @@ def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class
     when > 1 seed) over seeds of precision/recall/F1/accuracy, ``ci`` (metric -> [point, low, high],
     bootstrap of the seed-averaged metric, same resamples for every set), ``per_class_f1`` (mean
     over seeds), ``confusion_matrix`` (summed over seeds), ``predictions`` [seeds][N]. ``comparison``
-    is ``paired_bootstrap`` of macro F1 for ``compare[0]`` minus ``compare[1]`` when both exist."""
+    is ``paired_bootstrap`` of macro F1 for ``compare[0]`` minus ``compare[1]`` when both exist.
+    ``extra_tests`` (name -> (images, labels), e.g. an external test set) are scored by the same classifiers:
+    ``external[name]`` holds their ``n_test``, ``sets`` and ``comparison`` in the same form."""
     class_names = list(class_names)
     c = len(class_names)
     x_test = torch.as_tensor(test_images)
@@ -289,40 +291,22 @@ def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class
             raise StudyInputError(f"train_sets[{name!r}]: images are {xi.shape[-1]} px, the test images "
                                   f"{x_test.shape[-1]} px; TSTR needs one resolution")
 
-    idx = scores.bootstrap_indices(y_test, n_boot, boot_seed)
-    sets = {}
+    tests = {"": (x_test, y_test)}
+    for key, (xe, ye) in (extra_tests or {}).items():
+        xe = input_checks.images(xe, f"extra_tests[{key!r}] images")
+        tests[key] = (xe, input_checks.labels(ye, xe.shape[0], c, f"extra_tests[{key!r}] labels"))
+    preds = {key: {} for key in tests}
     for name, (xi, yi) in checked.items():
-        per_seed, preds = [], []
+        for key in tests:
+            preds[key][name] = []
         for s in seeds:
             model = train_classifier(xi, yi, c, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=s,
                                      weights_path=weights_path, progress=progress, device=device)
-            pred = predict(model, x_test)
-            preds.append(pred)
-            # No wall time here: metrics.json is an output that a rerun reproduces byte for byte (the
-            # notebook's time is in the manifest's stage record).
-            per_seed.append({"seed": int(s), **scores.classification_scores(y_test, pred, class_names)})
-        preds = np.stack(preds)
-        keys = ("precision", "recall", "f1", "accuracy")
-        vals = {k: np.array([r[k] for r in per_seed]) for k in keys}
-        ci = {k: list(scores.bootstrap_ci(y_test, preds, scores.METRIC_FNS[k], n_boot=n_boot, alpha=alpha,
-                                              indices=idx)) for k in keys}
-        sets[name] = {
-            "n_train": int(xi.shape[0]),
-            "per_seed": per_seed,
-            "mean": {k: float(v.mean()) for k, v in vals.items()},
-            "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in vals.items()},
-            "ci": ci,
-            "per_class_f1": {n: float(np.mean([r["per_class_f1"][n] for r in per_seed])) for n in class_names},
-            "confusion_matrix": np.sum([r["confusion_matrix"] for r in per_seed], axis=0).tolist(),
-            "predictions": preds.tolist(),
-        }
-    comparison = None
-    a, b = compare
-    if a in sets and b in sets:
-        comparison = {"a": a, "b": b, "metric": "f1",
-                      **scores.paired_bootstrap(y_test, np.array(sets[a]["predictions"]),
-                                                    np.array(sets[b]["predictions"]), scores.macro_f1,
-                                                    n_boot=n_boot, seed=boot_seed, alpha=alpha)}
+            for key, (xt, _) in tests.items():
+                preds[key][name].append(predict(model, xt))
+    scored = {key: _score_sets(preds[key], yt, {n: int(x.shape[0]) for n, (x, _) in checked.items()}, class_names,
+                               seeds, n_boot, alpha, boot_seed, compare) for key, (_, yt) in tests.items()}
+    sets, comparison = scored[""]["sets"], scored[""]["comparison"]
     return {
         "class_names": class_names, "n_test": int(len(y_test)),
         "n_test_per_class": {n: int((y_test == i).sum()) for i, n in enumerate(class_names)},
@@ -333,7 +317,44 @@ def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class
                       "method": "BCa",
                       "over": "test images; seed-averaged metric on shared resamples"},
         "sets": sets, "comparison": comparison,
+        **({"external": {key: scored[key] for key in tests if key}} if extra_tests else {}),
     }
+
+
+def _score_sets(preds: Mapping[str, list], y_test: np.ndarray, n_train: Mapping[str, int], class_names: list[str],
+                seeds: Sequence[int], n_boot: int, alpha: float, boot_seed: int, compare: tuple[str, str]) -> dict:
+    """Scores, seed means, bootstrap intervals (the same resamples for every set) and the paired comparison of
+    each training set's per-seed predictions on one test set."""
+    idx = scores.bootstrap_indices(y_test, n_boot, boot_seed)
+    keys = ("precision", "recall", "f1", "accuracy")
+    sets = {}
+    for name, per_seed_preds in preds.items():
+        # No wall time here: metrics.json is an output that a rerun reproduces byte for byte (the
+        # notebook's time is in the manifest's stage record).
+        per_seed = [{"seed": int(s), **scores.classification_scores(y_test, p, class_names)}
+                    for s, p in zip(seeds, per_seed_preds)]
+        stacked = np.stack(per_seed_preds)
+        vals = {k: np.array([r[k] for r in per_seed]) for k in keys}
+        sets[name] = {
+            "n_train": n_train[name],
+            "per_seed": per_seed,
+            "mean": {k: float(v.mean()) for k, v in vals.items()},
+            "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in vals.items()},
+            "ci": {k: list(scores.bootstrap_ci(y_test, stacked, scores.METRIC_FNS[k], n_boot=n_boot, alpha=alpha,
+                                               indices=idx)) for k in keys},
+            "per_class_f1": {n: float(np.mean([r["per_class_f1"][n] for r in per_seed])) for n in class_names},
+            "confusion_matrix": np.sum([r["confusion_matrix"] for r in per_seed], axis=0).tolist(),
+            "predictions": stacked.tolist(),
+        }
+    a, b = compare
+    comparison = None
+    if a in sets and b in sets:
+        comparison = {"a": a, "b": b, "metric": "f1",
+                      **scores.paired_bootstrap(y_test, np.array(sets[a]["predictions"]),
+                                                np.array(sets[b]["predictions"]), scores.macro_f1,
+                                                n_boot=n_boot, seed=boot_seed, alpha=alpha)}
+    return {"n_test": int(len(y_test)), "n_test_per_class": {n: int((y_test == i).sum()) for i, n in enumerate(class_names)},
+            "sets": sets, "comparison": comparison}
 
 
 def tstr_table(result: dict) -> pd.DataFrame:

@@ -163,6 +163,7 @@ def _read_runs(out_dir: Path) -> list[dict]:
                      "cpu": "/".join(sorted(set((trained.get("cpu_capability") or {}).values()))) or "-",
                      "commit": (m.get("git") or {}).get("commit", "")[:7],
                      "comparison": (metrics.get("tstr") or {}).get("comparison"),
+                     "external": ((metrics.get("tstr") or {}).get("external") or {}).get("external"),
                      "seconds": sum(float(st.get("seconds") or 0) for st in stages.values()),
                      "own_seconds": sum(float(st.get("seconds") or 0) for st in stages.values() if not st.get("reused_from")),
                      "params": yaml.safe_load((run / "params.yaml").read_text()) or {}})
@@ -291,7 +292,7 @@ def _registered_section(runs: list[dict], dataset: str) -> list[str]:
             sub = verdict.verdict(g["diff"].tolist(), planned=len(g))
             lines.append(f"- {prec}: n = {sub.n}, {f(sub.mean)} [{f(sub.low)}, {f(sub.high)}], p = {_p(sub.p)}")
         lines.append("")
-    lines += _probe_lines(runs, d)
+    lines += _probe_lines(runs, d) + _external_lines(runs)
     per_class = [r["tables"]["tstr_per_class_f1"] for r in runs if "tstr_per_class_f1" in r["tables"]]
     if per_class:
         pc = verdict.per_class_differences(per_class)
@@ -322,6 +323,25 @@ def _probe_lines(runs: list[dict], tstr_diffs: pd.DataFrame) -> list[str]:
             + (f" [{f(res.low)}, {f(res.high)}]" if res.n >= 2 else "") + f" points over {res.n} replicate(s){p}; "
             f"its sign agrees with TSTR's in {same} of {len(d)}. The probe trained on the real training images "
             f"scores {_cell(d['real'].dropna().tolist())} %.", ""]
+
+
+def _external_lines(runs: list[dict]) -> list[str]:
+    """The registered endpoint on the external test set (notebook 06's EXTERNAL_TEST_DIR), where replicates had one."""
+    diffs, real = [], []
+    for r in runs:
+        ext = r.get("external") or {}
+        sets = ext.get("sets", {})
+        if {"prototype", "baseline"} <= set(sets):
+            diffs.append(100 * (sets["prototype"]["mean"]["f1"] - sets["baseline"]["mean"]["f1"]))
+            real.append(100 * sets["real"]["mean"]["f1"] if "real" in sets else math.nan)
+    if not diffs:
+        return []
+    res = verdict.verdict(diffs, planned=1)
+    f = "{:+.1f}".format
+    interval = f" [{f(res.low)}, {f(res.high)}], paired t p = {_p(res.p)}" if res.n >= 2 else ""
+    return [f"**On the external test set** (EXTERNAL_TEST_DIR: real images of other lesions or cells, scored by the "
+            f"same classifiers): prototype − baseline macro F1 {f(res.mean)}{interval} over {res.n} replicate(s); "
+            f"classifiers trained on the real images score {_cell([v for v in real if not math.isnan(v)])} % there.", ""]
 
 
 def write_forest(out_dir: str | Path) -> Path | None:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from traitlets.config import Config
 
 from improve_lib import data
+from improve_lib.data import external
 from improve_lib.conditioning import encoders, prototypes
 from improve_lib.core import manifest, notebook_parameters, run_layout
 from improve_lib.core.errors import StudyInputError
@@ -79,10 +80,17 @@ def preflight(params: dict[str, Any]) -> None:
                                   f"valid: {list(data.synthetic_cells.CLASSES)}")
     if params["DATASET"] in ("dermamnist", "bloodmnist"):
         data.medmnist.read_pool(src, params["DATASET"], params.get("CLASSES"))
+    split = None
     if params["DATASET"] in ("ham10000", "bone_marrow"):
-        data.build_split(params["DATASET"], src, "/nonexistent-preflight", int(params["N_TRAIN"]),
-                         int(params["N_TEST"]), int(params["SEED"]), params.get("CLASSES"),
-                         int(params.get("MIN_PER_CLASS", 1)), int(params.get("RESOLUTION", 64)), verify=True)
+        seed = params["SEED"] if params.get("SPLIT_SEED") is None else params["SPLIT_SEED"]
+        split = data.build_split(params["DATASET"], src, "/nonexistent-preflight", int(params["N_TRAIN"]),
+                                 int(params["N_TEST"]), int(seed), params.get("CLASSES"),
+                                 int(params.get("MIN_PER_CLASS", 1)), int(params.get("RESOLUTION", 64)), verify=True)
+    if params.get("EXTERNAL_TEST_DIR"):  # notebook 06's external test: refused now if it overlaps the split
+        if split is None:
+            raise StudyInputError(f"EXTERNAL_TEST_DIR is read for {list(external.SUPPORTED)}, not DATASET={params['DATASET']}")
+        external.external_test(params["DATASET"], params["EXTERNAL_TEST_DIR"], split.table, split.class_names,
+                               verify=False)
 
 
 def code_fingerprint(package_dir: Path = REPO / "improve_lib") -> str:

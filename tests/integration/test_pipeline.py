@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import nbformat
 import pandas as pd
 import pytest
 import yaml
 
+from improve_lib import data
 from improve_lib.core import manifest, notebook_parameters
 from improve_lib.core.errors import StudyInputError
-from improve_lib.runs import pipeline
+from improve_lib.runs import pipeline, profiles
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +34,24 @@ def _check_run(run_dir, dataset, notebooks):
 ALL = [p.name for p in notebook_parameters.list_notebooks()]
 
 
-# Notebooks per dataset: every one on the embedded data; on the Bone Marrow subset all but 06 (whose TSTR
-# the synthetic run covers) so that 07 scores with the real data's morphometry; 01-03 on the HAM10000
+# Notebooks per dataset: every one on the embedded data and on the Bone Marrow subset (07 scores with the real
+# data's morphometry, 06 also on an external test folder of held-back images); 01-03 on the HAM10000
 # subset (its split by lesion; its morphometry runs through 07's steps in tests/plausibility/test_morphometry.py).
-SMOKE_NOTEBOOKS = {"synthetic": None, "ham10000": ["01", "02", "03"], "bone_marrow": ["01", "02", "03", "04", "05", "07"]}
+SMOKE_NOTEBOOKS = {"synthetic": None, "ham10000": ["01", "02", "03"], "bone_marrow": None}
+
+
+def _held_back(dataset, data_dir, out, per_class=3):
+    """An external test folder of images the smoke run's split will not hold (its split drawn here the same way),
+    in Bone Marrow's layout, with one class the run lacks; and an image of that split."""
+    p = profiles.resolve_params("smoke", dataset=dataset, data_dir=str(data_dir))
+    split = data.build_split(dataset, data_dir, out / "unused", p["N_TRAIN"], p["N_TEST"], p["SEED"], p["CLASSES"],
+                             p["MIN_PER_CLASS"], p["RESOLUTION"], verify=False, progress=False)
+    used = set(split.table["path"])
+    for cls in ("LYT", "MON", "ABE"):
+        (out / "external" / cls).mkdir(parents=True)
+        for img in [q for q in sorted((data_dir / cls).glob("*.jpg")) if str(q) not in used][:per_class]:
+            shutil.copy(img, out / "external" / cls / img.name)
+    return out / "external", split.table["path"].iloc[0]
 
 
 @pytest.mark.parametrize("dataset", list(SMOKE_NOTEBOOKS))
@@ -46,8 +62,18 @@ def test_smoke_run(dataset, tmp_path, request):
         run = request.getfixturevalue("smoke_synthetic_run")  # the conftest's full run, shared with test_sweep
     else:
         data_dir = request.getfixturevalue("ham_dir" if dataset == "ham10000" else "bm_dir")
+        sets = {}
+        if dataset == "bone_marrow":  # 06 also scores every classifier on held-back images (EXTERNAL_TEST_DIR)
+            external, split_image = _held_back(dataset, data_dir, tmp_path)
+            shutil.copy(split_image, external / "MON" / "a_split_image.jpg")
+            with pytest.raises(StudyInputError, match="byte for byte images of the run's split"):  # before any run
+                pipeline.run_pipeline("smoke", dataset=dataset, data_dir=data_dir, run_dir=tmp_path / "refused",
+                                      only=only, progress=False, sets={"EXTERNAL_TEST_DIR": str(external)})
+            assert not (tmp_path / "refused").exists()
+            (external / "MON" / "a_split_image.jpg").unlink()
+            sets = {"EXTERNAL_TEST_DIR": str(external)}
         run = pipeline.run_pipeline("smoke", dataset=dataset, data_dir=data_dir, run_dir=tmp_path / "run",
-                                    only=only, progress=False)
+                                    only=only, progress=False, sets=sets)
     books = ALL if only is None else [b for b in ALL if b[:2] in only]
     m = _check_run(run, dataset, books)
     assert m["complete"] == (only is None)
@@ -59,6 +85,13 @@ def test_smoke_run(dataset, tmp_path, request):
     if dataset == "bone_marrow":
         excluded = [r["class_name"] for r in m["facts"]["01_explore_data"]["excluded_classes"] if not r["kept"]]
         assert "EBO" in excluded and "NGB" in excluded
+        tstr = json.loads((run / "metrics" / "metrics.json").read_text())["tstr"]
+        ext = tstr["external"]["external"]
+        assert ext["n_test"] == 6 and set(ext["sets"]) == {"baseline", "prototype", "real"}
+        assert {k for k, n in ext["n_test_per_class"].items() if n} == {"LYT", "MON"} and ext["comparison"]
+        assert all(len(p) == 2 for s in ext["sets"].values() for p in [s["per_seed"]])  # every classifier scored
+        assert (run / "tables" / "tstr_external.csv").is_file()
+        assert sum(k.startswith(str(external)) for k in m["inputs"]) == 6  # the external images' hashes
     if dataset == "ham10000":
         assert any(k.endswith("HAM10000_metadata.csv") for k in m["inputs"])
     if only is None:

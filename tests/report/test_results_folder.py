@@ -127,3 +127,14 @@ def test_registered_replicates_ran_after_the_registration_was_committed():
         assert commit != added[-1], f"{run}: ran at the registration's own commit"
         assert git("merge-base", "--is-ancestor", added[-1], commit).returncode == 0, \
             f"{run}: ran at {commit[:7]}, not after the registration {added[-1][:7]}"
+
+
+def test_the_external_test_set_line_reads_notebook_06s_external_scores():
+    def run(proto, base, real):
+        sets = {k: {"mean": {"f1": v}} for k, v in (("prototype", proto), ("baseline", base), ("real", real))}
+        return {"external": {"sets": sets}}
+
+    lines = results_folder._external_lines([run(0.40, 0.38, 0.50), run(0.41, 0.40, 0.52), {"external": None}])
+    assert lines[0].startswith("**On the external test set**")
+    assert "macro F1 +1.5 [-4.9, +7.9], paired t p = 0.205 over 2 replicate(s)" in lines[0]
+    assert results_folder._external_lines([{"external": None}]) == []
