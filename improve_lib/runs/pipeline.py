@@ -215,6 +215,15 @@ def execute_notebook(notebook: Path, out: Path, parameters: dict[str, Any], prog
     except DeadKernelError as exc:
         raise StudyRunError(f"notebook {notebook.name}: the kernel died in {_cell_in(out, failed=False)} ({exc}); "
                             f"executed copy up to that cell: {out}") from None
+    except OSError as exc:  # the runner could not write (a full disk, a folder made read-only): a stage that failed
+        try:
+            nbformat.read(str(out), as_version=4)
+            kept = f"executed copy up to there: {out}"
+        except Exception:  # noqa: BLE001 - a half-written executed notebook is no record: it goes
+            Path(out).unlink(missing_ok=True)
+            kept = f"its half-written executed copy was removed ({out})"
+        raise StudyRunError(f"notebook {notebook.name}: could not write ({exc.strerror or exc}: "
+                            f"{exc.filename or out}); {kept}") from None
     finally:
         sockets.cleanup()
     return out
@@ -335,8 +344,11 @@ def run_pipeline(profile: str, dataset: str | None = None, data_dir: str | None 
         try:
             execute_notebook(nb, run_layout.notebooks_dir(run_dir) / nb.name, nb_params, progress)
         except StudyRunError:
-            manifest.record_stage(run_dir, nb.name, "failed", time.time() - t0, nb_params, keys[nb.name])
-            manifest.refresh_outputs(run_dir, nb.name)
+            try:
+                manifest.record_stage(run_dir, nb.name, "failed", time.time() - t0, nb_params, keys[nb.name])
+                manifest.refresh_outputs(run_dir, nb.name)
+            except OSError:  # still no room to write: the manifest stays as it was (atomic writes), the error says why
+                pass
             raise
         manifest.record_stage(run_dir, nb.name, "done", time.time() - t0, nb_params, keys[nb.name])
         manifest.refresh_outputs(run_dir, nb.name)

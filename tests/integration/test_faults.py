@@ -84,3 +84,26 @@ def test_a_full_disk_stops_with_a_clear_error_and_resumes_to_the_same_weights(tm
         _assert_same(run, "baseline", "uninterrupted")
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)  # lazy: even if a file is still open
+
+
+def test_a_full_disk_while_a_notebook_runs_records_a_failed_stage_and_leaves_no_half_notebook(tmp_path, monkeypatch):
+    """The runner's own writes failing (ENOSPC while papermill saves the executed notebook): the stage is recorded
+    as failed, the truncated executed notebook is removed, and the error names the cause in one line."""
+    import errno
+    import json
+
+    from improve_lib.runs import pipeline
+
+    def full_disk(notebook, out, **kwargs):
+        with open(out, "w") as fh:
+            fh.write('{"cells": [{"cell_type": "code", "sou')  # what a write cut short leaves
+        raise OSError(errno.ENOSPC, "No space left on device", out)
+
+    monkeypatch.setattr(pipeline.papermill, "execute_notebook", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(pipeline.StudyRunError, match=r"01_explore_data.ipynb: could not write \(No space left on "
+                                                     r"device: .*half-written executed copy was removed"):
+        pipeline.run_pipeline("smoke", run_dir=run, only=["01"], progress=False)
+    assert not (run / "notebooks" / "01_explore_data.ipynb").exists()
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert stages["01_explore_data.ipynb"]["status"] == "failed"

@@ -235,3 +235,18 @@ def test_split_seed_keeps_the_split_apart_from_the_training_seed(tmp_path, smoke
     assert not split_of(other).equals(split_of(smoke_synthetic_run))
     assert manifest.load(run)["facts"]["01_explore_data"]["split_seed"] == 0
     assert manifest.load(other)["facts"]["01_explore_data"]["split_seed"] == 1
+
+
+@pytest.mark.parametrize("book", ALL)
+def test_committed_notebooks_are_valid_and_without_outputs(book):
+    """Each notebook validates against its nbformat schema with nothing to fix (every cell has its id: nbformat
+    otherwise warns in every run's log) and is committed without outputs (executed copies belong in run folders)."""
+    import warnings
+
+    path = notebook_parameters.NOTEBOOK_DIR / book
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # MissingIDFieldWarning and friends fail here
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+    assert all(c.get("id") for c in nb.cells)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
