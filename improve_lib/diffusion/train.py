@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from improve_lib import data
 from improve_lib.conditioning import class_table
-from improve_lib.core import machine, run_layout
+from improve_lib.core import machine, parameter_domains, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_write_json, save_safetensors
 from improve_lib.core.values import as_bool, as_float, as_int, one_of, require
@@ -68,12 +68,10 @@ _CADENCE = {"MAX_STEPS", "EPOCHS", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMP
             "SAMPLE_PER_CLASS", "PREVIEW_GUIDANCE_SCALE"}
 RESUME_KEYS = unet.MODEL_KEYS + ("ARM",) + tuple(k for k in TRAIN_KEYS if k not in _CADENCE) + (
     "WORLD_SIZE", "CLASS_NAMES", "TRAIN_SET_SHA256", "CLASS_TABLE_SHA256")
-# key -> (low, high, low open, high open) for the float keys; key -> minimum for the int keys
-_FLOATS = {"P_UNCOND": (0.0, 1.0, False, True), "LR": (0.0, None, True, False), "WEIGHT_DECAY": (0.0, None, False, False),
-           "GRAD_CLIP": (0.0, None, False, False), "EMA_DECAY": (0.0, 1.0, False, True),
-           "PREVIEW_GUIDANCE_SCALE": (None, None, False, False)}
-_INTS = {"WARMUP_STEPS": 0, "BATCH_SIZE": 1, "NUM_TRAIN_TIMESTEPS": 2, "CHECKPOINT_EVERY": 1, "SAMPLE_EVERY": 0,
-         "SAMPLE_STEPS": 1, "SAMPLE_PER_CLASS": 1, "KEEP_CHECKPOINTS": 1}
+# the float and int keys; their ranges are the one table of core.parameter_domains (the run's preflight checks it too)
+_FLOATS = ("P_UNCOND", "LR", "WEIGHT_DECAY", "GRAD_CLIP", "EMA_DECAY", "PREVIEW_GUIDANCE_SCALE")
+_INTS = ("WARMUP_STEPS", "BATCH_SIZE", "NUM_TRAIN_TIMESTEPS", "CHECKPOINT_EVERY", "SAMPLE_EVERY", "SAMPLE_STEPS",
+         "SAMPLE_PER_CLASS", "KEEP_CHECKPOINTS")
 _CHOICES = {"ARM": ARMS, "CLASS_EMBEDDING_MAP": class_table.CLASS_EMBEDDING_MAPS,
             "LR_SCHEDULE": ("constant", "cosine"), "MIXED_PRECISION": ("auto", "no", "bf16", "fp16"),
             "BETA_SCHEDULE": training_objective.BETA_SCHEDULES, "COMPILE": fast_path.COMPILE_MODES}
@@ -107,10 +105,11 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
     cfg["RUN_DIR"] = str((base / run if base is not None and not run.is_absolute() else run).resolve())
     for key, choices in _CHOICES.items():
         one_of(cfg[key], key, choices)
-    for key, (low, high, low_open, high_open) in _FLOATS.items():
-        cfg[key] = as_float(cfg[key], key, low, high, low_open, high_open)  # YAML reads "1e-4" as a string
-    for key, minimum in _INTS.items():
-        cfg[key] = as_int(cfg[key], key, minimum)
+    for key in _FLOATS:
+        cfg[key] = as_float(cfg[key], key)  # YAML reads "1e-4" as a string
+    for key in _INTS:
+        cfg[key] = as_int(cfg[key], key)
+    parameter_domains.check_domains({k: cfg[k] for k in _FLOATS + _INTS}, "training config: ")
     for key in ("FREEZE_PROTOTYPES", "FLIP", "PROGRESS"):
         cfg[key] = as_bool(cfg[key], key)
     if cfg["CPU"] != "auto":

@@ -33,7 +33,7 @@ from improve_lib.core.files import atomic_write_text
 from improve_lib.core.notebook_parameters import NOTEBOOK_DIR, REPO, declared_parameters, list_notebooks
 from improve_lib.diffusion import sample, train
 from improve_lib.metrics import tstr
-from improve_lib.runs import parameter_domains
+from improve_lib.core import parameter_domains
 from improve_lib.runs.profiles import resolve_params
 
 KERNEL = "python3"

@@ -42,12 +42,12 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from improve_lib.core import manifest
+from improve_lib.core import manifest, parameter_domains
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_text
 from improve_lib.core.notebook_parameters import NOTEBOOK_DIR, declared_parameters, list_notebooks, literal
 from improve_lib.core.values import as_number, check_type
-from improve_lib.runs import parameter_domains, sharing, sweep_jobs
+from improve_lib.runs import sharing, sweep_jobs
 from improve_lib.runs.pipeline import StudyRunError, execute_notebook, preflight, run_pipeline, stage_keys
 from improve_lib.runs.profiles import PARAMS_DIR, load_profile, read_yaml_mapping, resolve_params
 

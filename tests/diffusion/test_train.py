@@ -18,7 +18,7 @@ from improve_lib.conditioning.class_table import arm_class_table
 from improve_lib.conditioning.embeddings import save_embeddings
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.notebook_parameters import notebook_defaults
-from improve_lib.diffusion import checkpoints, training_objective
+from improve_lib.diffusion import checkpoints, train as train_module, training_objective
 from improve_lib.diffusion.trained_arm import load_trained
 from improve_lib.diffusion.unet import build_unet, model_config
 
@@ -330,3 +330,19 @@ def test_compiled_unet_resumes_exactly_and_saves_plain_parameter_names(run, monk
         assert torch.equal(a[k], b[k]), k  # bit for bit
     loss = [pd.read_csv(run / "models" / name / "loss.csv") for name in ("full", "resumed")]
     pd.testing.assert_frame_equal(loss[0][loss[0]["step"] > 2].reset_index(drop=True), loss[1], check_exact=True)
+
+
+def test_the_training_config_checks_the_one_domain_table(tmp_path):
+    """resolve_config and the run's preflight read one table (core.parameter_domains): each key's first value outside
+    its domain is refused here too, NaN included, and GRAD_CLIP=0 (documented: no clipping) is accepted by both."""
+    from improve_lib.core import parameter_domains
+
+    for key in train_module._FLOATS + train_module._INTS:
+        low, high, low_open, high_open = parameter_domains.NUMBERS[key]
+        for bad in (low if low_open else low - 1, float("nan")):
+            if key in train_module._INTS and bad != bad:
+                continue  # an int key refuses NaN as a type error (as_int)
+            with pytest.raises(StudyInputError, match=key):
+                train_module.resolve_config(tiny_config(tmp_path, **{key: bad}))
+    assert train_module.resolve_config(tiny_config(tmp_path, GRAD_CLIP=0))["GRAD_CLIP"] == 0
+    assert parameter_domains.check_domains({"GRAD_CLIP": 0.0})

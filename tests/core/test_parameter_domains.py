@@ -1,5 +1,5 @@
 """Every numeric parameter of every notebook has a domain, and NaN, infinity and values outside it stop a run
-before its folder exists (improve_lib.runs.parameter_domains). The parameters come from the notebooks'
+before its folder exists (improve_lib.core.parameter_domains). The parameters come from the notebooks'
 parameters cells, not from a hand list: a new numeric parameter without a domain fails here."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from improve_lib.core import notebook_parameters
 from improve_lib.core.errors import StudyInputError
-from improve_lib.runs import parameter_domains, pipeline
+from improve_lib.core import parameter_domains
+from improve_lib.runs import pipeline
 from improve_lib.runs.profiles import parse_sets, resolve_params
 
 

@@ -18,6 +18,8 @@ from improve_lib.core.errors import StudyInputError
 INF = math.inf
 #: key -> (low, high, low_open, high_open): the closed or open interval a number must lie in.
 #: Integers are counts, sizes or seeds; the upper bounds keep a typo from asking a laptop for the impossible.
+#: The training config (:func:`improve_lib.diffusion.train.resolve_config`) checks its keys against this same table.
+#: GRAD_CLIP 0 disables clipping; a run keeps at least one checkpoint, written at least every step.
 NUMBERS: dict[str, tuple[float, float, bool, bool]] = {
     # 01
     "RESOLUTION": (8, 1024, False, False), "N_TRAIN": (1, 1_000_000, False, False),
@@ -31,12 +33,12 @@ NUMBERS: dict[str, tuple[float, float, bool, bool]] = {
     "NUM_PROCESSES": (1, 1024, False, False), "BASE_CHANNELS": (1, 1024, False, False),
     "LAYERS_PER_BLOCK": (1, 16, False, False), "NORM_GROUPS": (1, 1024, False, False),
     "DROPOUT": (0, 1, False, True), "COND_DIM": (1, 65536, False, False), "P_UNCOND": (0, 1, False, True),
-    "LR": (0, INF, True, True), "WEIGHT_DECAY": (0, INF, False, True), "GRAD_CLIP": (0, INF, True, True),
+    "LR": (0, INF, True, True), "WEIGHT_DECAY": (0, INF, False, True), "GRAD_CLIP": (0, INF, False, True),
     "WARMUP_STEPS": (0, 100_000_000, False, False), "EMA_DECAY": (0, 1, False, True),
     "NUM_TRAIN_TIMESTEPS": (2, 100_000, False, False), "SNR_GAMMA": (0, INF, True, True),
     "MAX_STEPS": (1, 100_000_000, False, False), "EPOCHS": (0, 1_000_000, True, False),
-    "BATCH_SIZE": (1, 65536, False, False), "CHECKPOINT_EVERY": (0, 100_000_000, False, False),
-    "KEEP_CHECKPOINTS": (0, 100_000, False, False), "SAMPLE_EVERY": (0, 100_000_000, False, False),
+    "BATCH_SIZE": (1, 65536, False, False), "CHECKPOINT_EVERY": (1, 100_000_000, False, False),
+    "KEEP_CHECKPOINTS": (1, 100_000, False, False), "SAMPLE_EVERY": (0, 100_000_000, False, False),
     "SAMPLE_STEPS": (1, 100_000, False, False), "SAMPLE_PER_CLASS": (1, 10_000, False, False),
     "PREVIEW_GUIDANCE_SCALE": (0, 100, False, False),
     # 05
