@@ -10,7 +10,7 @@ LAB_PORT ?= 8888
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED = 1
 
-.PHONY: study test smoke venv lab sweep workshop wheelhouse lock strip clean-runs
+.PHONY: study test smoke venv lab sweep report workshop wheelhouse lock strip clean-runs
 
 # PIP_ARGS: e.g. "--no-index --find-links wheelhouse" on a classroom machine without network.
 # requirements.lock pins every package to the versions the tests last passed with (pip constraints).
@@ -46,6 +46,11 @@ lab: $(STAMP)
 # A preset of params/ablations (PRESET=guidance), or your own grid through ARGS.
 sweep: $(STAMP)
 	$(PY) -m improve_lib sweep $(if $(PRESET),--preset $(PRESET)) $(ARGS)
+
+# A static web site of a run, sweep or results folder (REPORT=results/ham10000), opened from disk: runs/reports/<name>.
+REPORT ?= results/ham10000
+report: $(STAMP)
+	$(PY) -m improve_lib report $(REPORT) $(ARGS)
 
 # Prepare a classroom machine ahead of time (network needed once, here): environment and kernel,
 # an offline check of the whole pipeline (smoke profile) and the demo's data, embeddings and

@@ -37,8 +37,8 @@ RUN_TABLES = (("tables/tstr.csv", "tstr.csv"), ("tables/fidelity.csv", "fidelity
               ("tables/objective_plausibility.csv", "objective_plausibility.csv"),
               ("tables/tstr_per_class_f1.csv", "tstr_per_class_f1.csv"), ("tables/copy_check.csv", "copy_check.csv"),
               ("tables/morphometry_calibration.csv", "morphometry_calibration.csv"), ("tables/probe.csv", "probe.csv"))
-RUN_FIGURES = ("figures/05_samples_prototype.png", "figures/05_samples_baseline.png", "figures/05_tone_prototype.png",
-               "figures/05_tone_baseline.png")
+RUN_FIGURES = ("figures/01_image_grid.png", "figures/05_samples_prototype.png", "figures/05_samples_baseline.png",
+               "figures/05_tone_prototype.png", "figures/05_tone_baseline.png")
 SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summary.csv", "comparison/verdict.md",
                "comparison/comparison.png")
 

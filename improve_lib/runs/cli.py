@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from improve_lib.core.errors import StudyInputError
 from improve_lib.diffusion import checkpoint_export
 from improve_lib.plausibility.review import label_studio_server
-from improve_lib.report import results_folder
+from improve_lib.report import results_folder, site
 from improve_lib.runs import sweep_jobs, sweep
 from improve_lib.runs.pipeline import StudyRunError, run_pipeline
 from improve_lib.runs.profiles import parse_sets
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir", help="e.g. results/recipe_ablation")
     e.add_argument("--command", dest="made_by", required=True, help="the command that made the sweep, written to COMMAND.md")
 
+    w = sub.add_parser("report", help="a static web site of a run, sweep or results folder (opens from disk)")
+    w.add_argument("path", help="a run folder, a sweep folder or a results folder")
+    w.add_argument("--out", help="the site's folder (default runs/reports/<name of PATH>)")
     x = sub.add_parser("export", help="export a training checkpoint as a diffusers pipeline folder (final/'s layout)")
     x.add_argument("run_dir", help="a run folder trained by notebook 04")
     x.add_argument("--arm", required=True, help="the arm's folder under models/: prototype | baseline | an ARM_NAME")
@@ -111,6 +115,9 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "export":
         return _report("pipeline folder",
                        lambda: checkpoint_export.export_checkpoint(args.run_dir, args.arm, args.step, args.out))
+    if args.command == "report":
+        out = args.out or Path("runs") / "reports" / Path(args.path).resolve().name
+        return _report("report", lambda: site.build_site(args.path, out))
     if args.command == "compare":
         return _report("comparison", lambda: sweep.render_comparison(args.sweep_dir))
     try:
