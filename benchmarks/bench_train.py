@@ -119,7 +119,7 @@ def main() -> None:
         cfg = {**notebook_defaults("04"), "RUN_DIR": str(run_dir), "ARM": "baseline", "RESOLUTION": args.resolution, "BASE_CHANNELS": base,
                "CHANNEL_MULT": [c // base for c in args.channels], "LAYERS_PER_BLOCK": args.layers,
                "DROPOUT": 0.0, "COND_DIM": args.cond_dim, "NORM_GROUPS": args.norm_groups,
-               "ATTENTION": args.attention, "BATCH_SIZE": args.batch, "CHECKPOINT_EVERY": 10 ** 9,
+               "ATTENTION": args.attention, "BATCH_SIZE": args.batch, "CHECKPOINT_EVERY": 10 ** 8,
                "SAMPLE_EVERY": 0, "SAMPLE_STEPS": 1, "SAMPLE_PER_CLASS": 1, "WARMUP_STEPS": 0, "EPOCHS": None, "PROGRESS": False, "CPU": not args.gpu,
                "MIXED_PRECISION": "auto" if args.gpu else "no"}
         model = build_unet(model_config(cfg), 2)

@@ -67,7 +67,7 @@ def config(run_dir: Path, size: dict, arm: str, cpu: bool, **over) -> dict:
     cfg = {**notebook_defaults("04"), **model, "RUN_DIR": str(run_dir), "ARM": arm, "SEED": 0,
            "CLASS_EMBEDDING_MAP": "none", "COND_DIM": None, "PREDICTION_TYPE": "epsilon", "SNR_GAMMA": None,
            "ZERO_TERMINAL_SNR": False, "INPUT_NORMALIZATION": "none", "LR": 1e-4, "WARMUP_STEPS": 0,
-           "EMA_DECAY": 0.999, "MAX_STEPS": 1, "EPOCHS": None, "CHECKPOINT_EVERY": 10 ** 9, "SAMPLE_EVERY": 0,
+           "EMA_DECAY": 0.999, "MAX_STEPS": 1, "EPOCHS": None, "CHECKPOINT_EVERY": 10 ** 8, "SAMPLE_EVERY": 0,
            "SAMPLE_STEPS": 2, "SAMPLE_PER_CLASS": 1, "PROGRESS": False, "CPU": cpu, "MIXED_PRECISION": "auto"}
     cfg.update(over)
     return cfg
