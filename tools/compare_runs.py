@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from improve_lib.core import run_layout  # noqa: E402
 from improve_lib.diffusion.trained_arm import RAW_VARIANT  # noqa: E402
 from improve_lib.diffusion.unet import state_dict_sha256
 
@@ -41,7 +42,7 @@ def _numbers(value):
 
 def _weights(run: Path) -> dict[str, str]:
     out = {}
-    for final in sorted((run / "models").glob("*/final")):
+    for final in sorted(run_layout.arm_dir(run, "*").parent.glob(f"*/{run_layout.FINAL}")):
         for sub, variant in ((final, None), (final / "ema", None), (final / "unet", None), (final / "unet", RAW_VARIANT)):
             name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
             if (sub / "config.json").is_file() and (sub / name).is_file():
@@ -51,7 +52,7 @@ def _weights(run: Path) -> dict[str, str]:
 
 
 def _tensors(run: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {p.name: load_file(str(p)) for p in sorted((run / "prototypes").glob("*.safetensors"))}
+    return {p.name: load_file(str(p)) for p in sorted(run_layout.prototypes_dir(run).glob("*.safetensors"))}
 
 
 def main(a: Path, b: Path) -> int:

@@ -67,7 +67,7 @@ def mask_figure(split_table, dataset: str, resolution: int, per_class: int = 3):
     fig, axes = plt.subplots(per_class, len(classes), figsize=(1.3 * len(classes), 1.35 * per_class), squeeze=False)
     for j, cls in enumerate(classes):
         for i, path in enumerate(test.loc[test["class_name"] == cls, "path"].iloc[:per_class]):
-            _, masks = morphometry.measure(path, dataset, resolution=resolution, return_masks=True)
+            _, masks = morphometry.morphometric_features(path, dataset, resolution=resolution, return_masks=True)
             img = np.asarray(masks["image"], dtype=float).copy()
             for key, colour in (("cell", (1.0, 0.9, 0.0)), ("nucleus", (0.0, 1.0, 1.0)), ("lesion", (0.0, 1.0, 1.0))):
                 if key in masks:

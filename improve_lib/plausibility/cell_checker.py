@@ -86,7 +86,7 @@ __all__ = [
     "CRITERIA",
     "MARGINS",
     "count_lobes",
-    "measure",
+    "measure_cell",
     "noise_sd",
     "tolerance_bands",
     "judge",
@@ -307,7 +307,7 @@ def _nan_measures(res: int, sd: float, denoised: bool) -> dict:
     return out
 
 
-def measure(image, return_masks: bool = False) -> dict:
+def measure_cell(image, return_masks: bool = False) -> dict:
     """Measure one cell image (path, PIL image, uint8 array or float array in [0, 1]).
 
     Returns a dict: ``resolution``, ``cell_found``, ``cell_diameter_um``, ``nucleus_fraction`` (N:C,
@@ -512,7 +512,7 @@ def _inside(value, lohi, closed_hi: bool = True) -> bool:
 
 
 def judge(measures: dict, class_name: str) -> dict:
-    """Judge :func:`measure` output against ``class_name``'s rules.
+    """Judge :func:`measure_cell` output against ``class_name``'s rules.
 
     Returns ``{"plausible": bool, "criteria": {criterion id: bool}, "failed": [ids], "class_name": ...}``;
     ``plausible`` is True only when every criterion passes (the paper's rule). An image with no cell

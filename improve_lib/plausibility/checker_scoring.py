@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from improve_lib.core.errors import StudyInputError
 from improve_lib.data.synthetic_cells import CLASSES, RULES, image_rng, render_cell
 from improve_lib.diffusion.sample import generated_files
-from improve_lib.plausibility.cell_checker import CRITERIA, judge, measure
+from improve_lib.plausibility.cell_checker import CRITERIA, judge, measure_cell
 from improve_lib.plausibility.review.tables import tabulate_plausibility, wilson_interval
 
 #: What each image's check concluded: a cell judged plausible, one judged implausible, or no cell at
@@ -42,7 +42,7 @@ def check_images(paths: Sequence, intended_classes: Sequence[str] | str) -> pd.D
 
     ``intended_classes`` is one class for all images or one per image. Returns one row per image:
     ``path``, ``intended_class``, ``plausible``, ``status`` (one of :data:`STATUSES`), one bool column
-    per criterion (``ok_<id>``), ``failed`` (``;``-joined ids) and every measurement of :func:`measure`.
+    per criterion (``ok_<id>``), ``failed`` (``;``-joined ids) and every measurement of :func:`~improve_lib.plausibility.cell_checker.measure_cell`.
     """
     paths = list(paths)
     classes = [intended_classes] * len(paths) if isinstance(intended_classes, str) else list(intended_classes)
@@ -53,7 +53,7 @@ def check_images(paths: Sequence, intended_classes: Sequence[str] | str) -> pd.D
             raise StudyInputError(f"morphology: unknown class {c!r}; valid classes are {', '.join(CLASSES)}")
     rows = []
     for path, cls in zip(paths, classes):
-        m = measure(path)
+        m = measure_cell(path)
         j = judge(m, cls)
         status = "no cell found" if not m["cell_found"] else ("plausible" if j["plausible"] else "implausible")
         row = {"path": str(path), "intended_class": cls, "plausible": j["plausible"], "status": status}
@@ -90,7 +90,7 @@ def _judged(images: dict[str, list], classes: Sequence[str]) -> tuple[pd.DataFra
     no_cell = []
     for true in classes:
         for image in images[true]:
-            m = measure(image)
+            m = measure_cell(image)
             no_cell.append(not m["cell_found"])
             for cls in classes:
                 table.loc[true, cls] += judge(m, cls)["plausible"]

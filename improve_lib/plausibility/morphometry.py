@@ -101,7 +101,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage import color, feature, filters, morphology, segmentation
-from skimage import measure as skmeasure  # `measure` is this module's own public function
+from skimage import measure as skmeasure  # read as skimage's, beside this module's own names
 from tqdm.auto import tqdm
 
 from improve_lib.core.errors import StudyInputError
@@ -449,7 +449,7 @@ def _measure_ham(rgb: np.ndarray) -> tuple[dict, dict]:
 # public measurement API
 
 
-def measure(image: Any, dataset: str, resolution: int | None = None, return_masks: bool = False):
+def morphometric_features(image: Any, dataset: str, resolution: int | None = None, return_masks: bool = False):
     """Measure one image's morphometric features (see the module docstring for how).
 
     ``image``: a path, a PIL image, a uint8 HxWx3 array, a float HxWx3 array in [0, 1] or a torch
@@ -468,13 +468,13 @@ def measure(image: Any, dataset: str, resolution: int | None = None, return_mask
 
 def measure_many(images: Iterable[Any], dataset: str, resolution: int | None = None,
                  progress: bool = False) -> pd.DataFrame:
-    """:func:`measure` over ``images``: one row per image, columns ``found`` and ``FEATURES[dataset]``."""
+    """:func:`morphometric_features` over ``images``: one row per image, columns ``found`` and ``FEATURES[dataset]``."""
     check_dataset(dataset)
     images = list(images)
     iterator: Iterable = images
     if progress:
         iterator = tqdm(images, desc=f"morphometry ({dataset})", unit="img")
-    rows = [measure(im, dataset, resolution=resolution) for im in iterator]
+    rows = [morphometric_features(im, dataset, resolution=resolution) for im in iterator]
     columns = ["found", *FEATURES[dataset]]
     frame = pd.DataFrame(rows, columns=columns)
     frame["found"] = frame["found"].astype(bool)

@@ -41,7 +41,7 @@ def _hand_drawn_cell(res=64, cell_r=12.0, nucleus_r=6.0, supersample=4):
 
 @pytest.mark.parametrize("res,cell_r,nucleus_r", [(64, 12.0, 6.0), (64, 18.0, 13.0), (32, 8.0, 5.0)])
 def test_measure_hand_drawn_disc(res, cell_r, nucleus_r):
-    m = cell_checker.measure(_hand_drawn_cell(res, cell_r, nucleus_r))
+    m = cell_checker.measure_cell(_hand_drawn_cell(res, cell_r, nucleus_r))
     assert m["cell_found"]
     want_um = 2 * cell_r * sc.FIELD_OF_VIEW_UM / res
     assert m["cell_diameter_um"] == pytest.approx(want_um, abs=0.5 * sc.FIELD_OF_VIEW_UM / res + 0.05)
@@ -54,24 +54,24 @@ def test_measure_accepts_paths_arrays_and_floats(tmp_path):
     img, _ = sc.render_cell("eosinophil", sc.image_rng(99, "eosinophil", 0), 32)
     path = tmp_path / "cell.png"
     img.save(path)
-    a = cell_checker.measure(img)
-    assert cell_checker.measure(path) == a
-    assert cell_checker.measure(np.asarray(img)) == a
-    from_floats = cell_checker.measure(np.asarray(img) / 255.0)
+    a = cell_checker.measure_cell(img)
+    assert cell_checker.measure_cell(path) == a
+    assert cell_checker.measure_cell(np.asarray(img)) == a
+    from_floats = cell_checker.measure_cell(np.asarray(img) / 255.0)
     assert from_floats["cell_diameter_um"] == pytest.approx(a["cell_diameter_um"], abs=0.3)
 
 
 def test_measure_rejects_bad_images(tmp_path):
     with pytest.raises(StudyInputError, match="square RGB"):
-        cell_checker.measure(np.zeros((32, 40, 3), np.uint8))
+        cell_checker.measure_cell(np.zeros((32, 40, 3), np.uint8))
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(StudyInputError, match="broken.png"):
-        cell_checker.measure(bad)
+        cell_checker.measure_cell(bad)
 
 
 def test_empty_field_is_implausible():
-    m = cell_checker.measure(np.full((32, 32, 3), (236, 228, 234), np.uint8))
+    m = cell_checker.measure_cell(np.full((32, 32, 3), (236, 228, 234), np.uint8))
     assert not m["cell_found"]
     j = cell_checker.judge(m, "lymphocyte")
     assert not j["plausible"] and j["failed"] == list(cell_checker.CRITERIA)
@@ -125,10 +125,10 @@ def test_measure_is_fast():
     import time
 
     imgs = [sc.render_cell(c, sc.image_rng(5, c, 0), 32)[0] for c in sc.CLASSES]
-    cell_checker.measure(imgs[0])
+    cell_checker.measure_cell(imgs[0])
     t = time.perf_counter()
     for im in imgs:
-        cell_checker.measure(im)
+        cell_checker.measure_cell(im)
     per_image = (time.perf_counter() - t) / len(imgs)
     assert per_image < 0.05, f"{per_image * 1000:.1f} ms per 32 px image"
 
@@ -142,10 +142,10 @@ def test_noise_estimate_reads_added_noise_and_leaves_clean_renders_alone():
             img, _ = sc.render_cell(cls, sc.image_rng(4444, cls, 0), res)
             clean = cell_checker.noise_sd(img)
             assert clean < cell_checker.DENOISE_ABOVE, f"{cls} at {res} px reads {clean:.2f} clean"
-            assert not cell_checker.measure(img)["denoised"]
+            assert not cell_checker.measure_cell(img)["denoised"]
             noisy = checker_scoring.perturb(img, "noise", 8, rng)
             assert 6.5 < cell_checker.noise_sd(noisy) < 11.0
-            assert cell_checker.measure(noisy)["denoised"]
+            assert cell_checker.measure_cell(noisy)["denoised"]
 
 
 @pytest.mark.parametrize("resolution", [32, 64])

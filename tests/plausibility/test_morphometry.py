@@ -69,7 +69,7 @@ def _star_lesion(side: int) -> Image.Image:
 @pytest.mark.parametrize("side", [32, 64, 128])
 def test_disc_nucleus_and_cell_areas(side):
     nucleus_r, cell_r = 0.18, 0.36  # fractions of the side
-    m = mm.measure(_cell(side, [(0, 0, nucleus_r * side, nucleus_r * side)], cell_r), "bone_marrow")
+    m = mm.morphometric_features(_cell(side, [(0, 0, nucleus_r * side, nucleus_r * side)], cell_r), "bone_marrow")
     assert m["found"]
     # Tolerance: 10 % of the area at 32 px (a 5.8 px radius: the pixel grid and the Otsu edge move it
     # by up to half a pixel), 5 % from 64 px.
@@ -88,7 +88,7 @@ def test_disc_nucleus_and_cell_areas(side):
 @pytest.mark.parametrize("side", [32, 64])
 def test_ellipse_nucleus_eccentricity_and_solidity(side):
     a, b = 0.24 * side, 0.12 * side
-    m = mm.measure(_cell(side, [(0, 0, a, b)]), "bone_marrow")
+    m = mm.morphometric_features(_cell(side, [(0, 0, a, b)]), "bone_marrow")
     assert m["found"]
     assert m["nucleus_eccentricity"] == pytest.approx(math.sqrt(1 - (b / a) ** 2), abs=0.03)  # 0.866
     assert m["nucleus_solidity"] > 0.93  # convex: ~1, less the pixel grid's corners
@@ -98,9 +98,9 @@ def test_ellipse_nucleus_eccentricity_and_solidity(side):
 @pytest.mark.parametrize("side", [64, 128])
 def test_two_lobed_nucleus_counts_two_lobes_and_is_less_solid(side):
     r = 0.12 * side
-    disc = mm.measure(_cell(side, [(0, 0, r, r)]), "bone_marrow")
+    disc = mm.morphometric_features(_cell(side, [(0, 0, r, r)]), "bone_marrow")
     # Two discs whose centres are 1.8 r apart: a waist of 0.44 r half-width (ideal solidity 0.92).
-    lobed = mm.measure(_cell(side, [(-0.9 * r, 0, r, r), (0.9 * r, 0, r, r)]), "bone_marrow")
+    lobed = mm.morphometric_features(_cell(side, [(-0.9 * r, 0, r, r), (0.9 * r, 0, r, r)]), "bone_marrow")
     assert lobed["found"] and disc["found"]
     assert lobed["nucleus_lobes"] == 2
     # A digitised disc's solidity is itself below 1 (0.92 at 64 px, 0.97 at 128 px: its convex hull
@@ -113,14 +113,14 @@ def test_off_centre_cell_is_not_found_and_masks_are_returned():
     side = 64
     im, draw = _canvas(side, PLASMA)
     _ellipse(draw, 8, 8, 6, 6, NUCLEUS)  # only a nucleus in the corner: no centred cell
-    m = mm.measure(_finish(im, side), "bone_marrow")
+    m = mm.morphometric_features(_finish(im, side), "bone_marrow")
     assert not m["found"]
     assert all(math.isnan(m[f]) for f in mm.FEATURES["bone_marrow"])
-    values, masks = mm.measure(_cell(side, [(0, 0, 10, 10)]), "bone_marrow", return_masks=True)
+    values, masks = mm.morphometric_features(_cell(side, [(0, 0, 10, 10)]), "bone_marrow", return_masks=True)
     assert values["found"]
     assert masks["nucleus"].sum() < masks["cell"].sum()
     assert not (masks["nucleus"] & ~masks["cell"]).any()
-    flat = mm.measure(np.full((32, 32, 3), 0.9), "bone_marrow")
+    flat = mm.morphometric_features(np.full((32, 32, 3), 0.9), "bone_marrow")
     assert not flat["found"]
 
 
@@ -130,7 +130,7 @@ def test_off_centre_cell_is_not_found_and_masks_are_returned():
 
 @pytest.mark.parametrize("side", [32, 64, 128])
 def test_disc_lesion_is_symmetric_and_compact(side):
-    m = mm.measure(_disc_lesion(side, 0.22), "ham10000")
+    m = mm.morphometric_features(_disc_lesion(side, 0.22), "ham10000")
     assert m["found"]
     assert m["diameter"] == pytest.approx(0.44, rel=0.05)
     assert m["asymmetry"] < 0.03
@@ -143,8 +143,8 @@ def test_disc_lesion_is_symmetric_and_compact(side):
 
 @pytest.mark.parametrize("side", [32, 64])
 def test_irregular_star_lesion_is_irregular_and_asymmetric(side):
-    disc = mm.measure(_disc_lesion(side, 0.22), "ham10000")
-    star = mm.measure(_star_lesion(side), "ham10000")
+    disc = mm.morphometric_features(_disc_lesion(side, 0.22), "ham10000")
+    star = mm.morphometric_features(_star_lesion(side), "ham10000")
     assert star["found"]
     assert star["compactness"] > 1.4 > disc["compactness"]
     assert star["asymmetry"] > 0.1 > disc["asymmetry"]
@@ -155,8 +155,8 @@ def test_two_coloured_lesion_is_variegated():
     im, draw = _canvas(side, SKIN)
     _ellipse(draw, 32, 32, 16, 16, LESION)
     draw.rectangle([32 * SUPERSAMPLE, 16 * SUPERSAMPLE, 48 * SUPERSAMPLE, 48 * SUPERSAMPLE], fill=LESION_DARK)
-    two = mm.measure(_finish(im, side), "ham10000")
-    one = mm.measure(_disc_lesion(side, 0.25), "ham10000")
+    two = mm.morphometric_features(_finish(im, side), "ham10000")
+    one = mm.morphometric_features(_disc_lesion(side, 0.25), "ham10000")
     assert two["colour_variegation"] > 5 * max(one["colour_variegation"], 1.0)
 
 
@@ -169,7 +169,7 @@ def test_vignette_corners_are_not_the_lesion():
     mask = Image.new("L", im.size, 255)
     ImageDraw.Draw(mask).ellipse([-6 * s, -6 * s, (side + 6) * s, (side + 6) * s], fill=0)
     im.paste((5, 5, 5), (0, 0), mask)
-    m, masks = mm.measure(_finish(im, side), "ham10000", return_masks=True)
+    m, masks = mm.morphometric_features(_finish(im, side), "ham10000", return_masks=True)
     assert m["found"]
     assert masks["vignette"][0, 0] and masks["vignette"][-1, -1]
     assert m["diameter"] == pytest.approx(18 / 64, rel=0.08)
@@ -184,7 +184,7 @@ def test_inputs_are_read_alike(tmp_path):
     names = mm.FEATURES["ham10000"]
 
     def values(image, **kw):
-        m = mm.measure(image, "ham10000", **kw)
+        m = mm.morphometric_features(image, "ham10000", **kw)
         assert m["found"] is True
         return [m[f] for f in names]
 
@@ -317,15 +317,15 @@ def test_distribution_distance_is_in_real_standard_deviations():
 
 def test_bad_input_names_the_problem():
     with pytest.raises(StudyInputError, match="unknown dataset 'chest_xray'"):
-        mm.measure(np.zeros((32, 32, 3)), "chest_xray")
+        mm.morphometric_features(np.zeros((32, 32, 3)), "chest_xray")
     with pytest.raises(StudyInputError, match="48x64.*square"):
-        mm.measure(np.zeros((64, 48, 3), dtype=np.uint8), "bone_marrow")
+        mm.morphometric_features(np.zeros((64, 48, 3), dtype=np.uint8), "bone_marrow")
     with pytest.raises(StudyInputError, match="greyscale"):
-        mm.measure(Image.new("L", (32, 32)), "ham10000")
+        mm.morphometric_features(Image.new("L", (32, 32)), "ham10000")
     with pytest.raises(StudyInputError, match="shape"):
-        mm.measure(np.zeros((32, 32)), "ham10000")
+        mm.morphometric_features(np.zeros((32, 32)), "ham10000")
     with pytest.raises(StudyInputError, match=r"outside \[0, 1\]"):
-        mm.measure(np.full((32, 32, 3), 2.0), "ham10000")
+        mm.morphometric_features(np.full((32, 32, 3), 2.0), "ham10000")
     rng = np.random.default_rng(0)
     train = pd.concat([_gaussian_table(rng, 30, 0.0), _gaussian_table(rng, 6, 3.0)], ignore_index=True)
     # A class with too few training images gets no region (and says why); the others still do.
