@@ -158,9 +158,10 @@ def _collection_page(path: Path, out: Path, what: str) -> None:
         if (path / "comparison" / "comparison.png").is_file():
             shutil.copy2(path / "comparison" / "comparison.png", out / "comparison.png")
             body += "<img src=\"comparison.png\" alt=\"comparison\">"
-        if (path / "notebooks" / "08_compare_runs.ipynb").is_file():
-            (out / "08_compare_runs.html").write_text(_notebook_html(path / "notebooks" / "08_compare_runs.ipynb"),
-                                                      encoding="utf-8")
+        compared = next((p for p in (path / "08_compare_runs.ipynb", path / "notebooks" / "08_compare_runs.ipynb")
+                         if p.is_file()), None)  # `compare` writes it at the sweep folder's top
+        if compared is not None:
+            (out / "08_compare_runs.html").write_text(_notebook_html(compared), encoding="utf-8")
             body += "<p><a href=\"08_compare_runs.html\">notebook 08, executed</a></p>"
         names = set(pd.read_csv(path / "runs.csv", dtype=str)["run"])
         runs = sorted(p for p in path.iterdir() if p.is_dir() and p.name in names)

@@ -123,4 +123,6 @@ def power(sd: float, effect: float, n: int = PLANNED_REPLICATES, alpha: float = 
     when the differences' sd is ``sd`` (noncentral t)."""
     df, nc = n - 1, effect / (sd / math.sqrt(n))
     crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(1 - stats.nct.cdf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # scipy's noncentral t gives nan for the far tail of a large effect (its mass there is 0 to machine precision)
+    tails = [float(stats.nct.sf(crit, df, nc)), float(stats.nct.cdf(-crit, df, nc))]
+    return float(sum(0.0 if math.isnan(t) else t for t in tails))

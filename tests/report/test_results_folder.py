@@ -34,18 +34,24 @@ def test_an_edited_number_is_caught(tmp_path):
             results_folder.verify(copy)
 
 
-@pytest.mark.parametrize("dataset", ["bone_marrow", "ham10000"])
-def test_the_real_data_study_is_committed_with_its_summary(dataset, tmp_path):
-    """results/<dataset>/ (the laptop profile over diffusion seeds) is complete, its SUMMARY.md is what its
-    runs give, and a hand edit of the summary is caught."""
+@pytest.mark.parametrize("name", ["bone_marrow", "ham10000", "pilot_bone_marrow", "pilot_ham10000"])
+def test_the_real_data_study_is_committed_with_its_summary(name, tmp_path):
+    """results/<dataset>/ (the registered replicates) and results/pilot_<dataset>/ (the pilot, seeds 0-2) are
+    complete, each SUMMARY.md is what its runs give, and a hand edit of the summary is caught."""
     import yaml
 
-    folder = Path(__file__).resolve().parents[2] / "results" / dataset
+    from improve_lib.report import verdict
+
+    dataset = name.removeprefix("pilot_")
+    folder = Path(__file__).resolve().parents[2] / "results" / name
     assert results_folder.verify(folder)
     spec = yaml.safe_load((folder / "sweep.yaml").read_text())
     assert spec["dataset"] == dataset and spec["profile"] == "laptop" and not spec["grid"]
     text = (folder / results_folder.SUMMARY).read_text()
     assert text.startswith(f"# {dataset}:") and "| real " in text  # the real-image ceiling is reported
+    seeds = set(spec["seeds"]) if name.startswith("pilot_") else set(spec["seeds"]) & set(verdict.PREREGISTERED_SEEDS)
+    assert seeds == (set(verdict.PILOT_SEEDS) if name.startswith("pilot_") else set(spec["seeds"]))
+    assert ("## The pre-registered verdict" in text) != name.startswith("pilot_")
     copy = tmp_path / dataset
     shutil.copytree(folder, copy)
     (copy / results_folder.SUMMARY).write_text(text.replace("| baseline ", "| baseline 1", 1))
@@ -77,7 +83,7 @@ def test_a_registered_folder_gets_the_registered_analysis(tmp_path):
     from improve_lib.report import verdict
 
     copy = tmp_path / "ham10000"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "results" / "ham10000", copy)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "results" / "pilot_ham10000", copy)
     for run, seed in zip(sorted((copy / "runs").iterdir()), verdict.PREREGISTERED_SEEDS):
         m = json.loads((run / "manifest.json").read_text())
         m["sweep"]["seed"] = seed  # the pilot's files posing as registered replicates

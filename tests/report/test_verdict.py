@@ -25,6 +25,7 @@ def test_the_code_says_what_the_registration_says():
     # the power figures printed there come from the same function
     for sd, effect, shown in ((1.7, 2.7, "0.97"), (2.7, 2.7, "0.68"), (2.7, 4.0, "0.95"), (1.7, 2.0, "0.81")):
         assert f"{v.power(sd, effect):.2f}" == shown and shown in text
+    assert v.power(2.52, 11.18) == pytest.approx(1.0) and v.power(2.52, -11.18) == pytest.approx(1.0)  # no nan
 
 
 def test_tost_rejects_exactly_when_the_90_percent_interval_is_inside_the_margin():
