@@ -123,9 +123,10 @@ def test_registered_replicates_ran_after_the_registration_was_committed():
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
 
+    if git("rev-parse", "--is-shallow-repository").stdout.strip() != "false":
+        pytest.skip("no whole git history here (an exported tree or a shallow clone): the ancestry cannot be read")
     added = git("log", "--diff-filter=A", "--format=%H", "--", verdict.PREREGISTRATION).stdout.split()
-    if not added:
-        pytest.skip("no git history here (an exported tree): the ancestry of the replicates cannot be read")
+    assert added, f"{verdict.PREREGISTRATION} was never committed"
     registered = [run for folder in COMMITTED for run in sorted((folder / "runs").glob("*/manifest.json"))
                   if (json.loads(run.read_text()).get("sweep") or {}).get("seed") in verdict.PREREGISTERED_SEEDS]
     for run in registered:
