@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     table = pd.concat(tables, ignore_index=True)[["run", "seed", "training_set", "macro_f1", "n_train"]]
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
-    atomic_write_json(out.with_suffix(".json"), {"command": " ".join(["python tools/probe_replicates.py", *sys.argv[1:]]),
+    atomic_write_json(out.with_suffix(".json"), {"command": f"python tools/probe_replicates.py {args.sweep_dir} {args.out_csv}",
                                                  **manifest.provenance()})
     return 0
 

@@ -122,12 +122,16 @@ def embed_paths(paths: Sequence, encoder: Encoder, cache_dir=None, batch_size: i
 _NPZ_KEYS = ("paths", "labels", "class_names", "vectors", "encoder_id")
 
 
+def _run_of(npz) -> Path:
+    """The run folder of an embeddings file (it lies in the run's ``embeddings/``)."""
+    return Path(npz).parent.parent
+
+
 def save_embeddings(path, paths, labels, class_names, vectors, encoder_id: str) -> Path:
     """Write ``paths`` [N], ``labels`` [N] (0..C-1), ``class_names`` [C], ``vectors`` [N, D] and
     ``encoder_id`` to one ``.npz`` atomically; validated as ``load_embeddings`` would. The file lies in a run's
     ``embeddings/``: image paths inside that run are stored relative to it (:func:`run_layout.relative_to_run`)."""
-    run = Path(path).parent.parent
-    data = _validate(dict(paths=np.asarray([run_layout.relative_to_run(p, run) for p in paths], dtype=str),
+    data = _validate(dict(paths=np.asarray(run_layout.relative_paths(paths, _run_of(path)), dtype=str),
                           labels=np.asarray(labels), class_names=np.asarray(list(class_names), dtype=str),
                           vectors=np.asarray(vectors, dtype=np.float32),
                           encoder_id=np.asarray(str(encoder_id))), Path(path))
@@ -154,7 +158,8 @@ def load_embeddings(path) -> dict:
     except Exception as exc:
         raise StudyInputError(f"{path}: not a readable embeddings .npz ({exc})") from exc
     data = _validate(data, path)
-    return {"paths": [str(run_layout.resolve_in_run(p, path.parent.parent)) for p in data["paths"]], "labels": data["labels"].astype(np.int64),
+    return {"paths": [str(p) for p in run_layout.resolved_paths(data["paths"], _run_of(path))],
+            "labels": data["labels"].astype(np.int64),
             "class_names": [str(c) for c in data["class_names"]], "vectors": data["vectors"],
             "encoder_id": str(data["encoder_id"]), "file": str(path)}
 

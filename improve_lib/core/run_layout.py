@@ -58,6 +58,16 @@ def resolve_in_run(path, run_dir) -> Path:
     return p if p.is_absolute() else Path(os.path.abspath(run_dir)) / p
 
 
+def relative_paths(paths, run_dir) -> list[str]:
+    """:func:`relative_to_run` of each of ``paths``: the column of paths a run folder's table stores."""
+    return [relative_to_run(p, run_dir) for p in paths]
+
+
+def resolved_paths(paths, run_dir) -> list[Path]:
+    """:func:`resolve_in_run` of each of ``paths``: a stored column of paths made absolute again."""
+    return [resolve_in_run(p, run_dir) for p in paths]
+
+
 def is_tool_file(rel: str) -> bool:
     """Whether ``rel`` (a path relative to a run folder) is a file the pipeline writes (:data:`TOOL_FILES`)."""
     return any(fnmatch.fnmatchcase(rel, pattern) for pattern in TOOL_FILES)

@@ -32,7 +32,7 @@ __all__ = [
     "DATASETS", "SplitResult", "build_split", "check_source", "write_split", "read_split",
     "class_names_of", "load_image", "load_images", "open_rgb", "center_crop_resize", "verify_images",
     "ImageTableDataset", "SPLIT_COLUMNS", "split_paths", "split_sha256", "training_images", "synthetic_cells",
-    "ExternalTest", "external_test",
+    "ExternalTest", "external_test", "split_seed",
 ]
 
 
@@ -147,7 +147,7 @@ def write_split(result: SplitResult, run_dir: str | Path) -> Path:
     # The dataset's own metadata (lesion ids as groups, extra columns) may hold formula-like text: escaped for
     # spreadsheets; the columns the study reads back by value (paths, labels, class names) stay as they are.
     with atomic_path(out) as tmp:
-        table = result.table.assign(path=[run_layout.relative_to_run(p, run_dir) for p in result.table["path"]])
+        table = result.table.assign(path=run_layout.relative_paths(result.table["path"], run_dir))
         spreadsheet_safe_frame(table, keep=("path", "label", "class_name", "split")).to_csv(tmp, index=False)
     with atomic_path(data_dir / "split_summary.csv") as tmp:
         result.summary.to_csv(tmp, index=False)
@@ -167,7 +167,12 @@ def read_split(run_dir: str | Path) -> pd.DataFrame:
     if missing:
         raise StudyInputError(f"{path} lacks column(s) {missing}; expected {SPLIT_COLUMNS}")
     # stored relative to the run folder where the images lie inside it (generated data): absolute in memory
-    return table.assign(path=[str(run_layout.resolve_in_run(p, run_dir)) for p in table["path"]])
+    return table.assign(path=[str(p) for p in run_layout.resolved_paths(table["path"], run_dir)])
+
+
+def split_seed(seed: int, split_seed: int | None) -> int:
+    """The seed that draws the train/test split: ``SPLIT_SEED`` when given, else the run's ``SEED``."""
+    return seed if split_seed is None else split_seed
 
 
 def class_names_of(table: pd.DataFrame) -> list[str]:
@@ -182,7 +187,7 @@ def class_names_of(table: pd.DataFrame) -> list[str]:
 def split_paths(run_dir: str | Path, rows: pd.DataFrame) -> list[Path]:
     """The image files of split rows: absolute paths as they are, relative ones inside ``run_dir`` (the
     synthetic and MedMNIST images live in the run; :func:`read_split` already returns them absolute)."""
-    return [run_layout.resolve_in_run(p, run_dir) for p in rows["path"]]
+    return run_layout.resolved_paths(rows["path"], run_dir)
 
 
 def split_sha256(table: pd.DataFrame) -> str:

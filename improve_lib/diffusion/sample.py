@@ -208,7 +208,7 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, settings: Map
     bar.close()
     table = pd.DataFrame(rows)
     with atomic_path(out_dir / "index.csv") as tmp:  # paths relative to the run folder: it can be moved
-        table.assign(path=[run_layout.relative_to_run(p, run_dir) for p in table["path"]]).to_csv(tmp, index=False)
+        table.assign(path=run_layout.relative_paths(table["path"], run_dir)).to_csv(tmp, index=False)
     return table
 
 

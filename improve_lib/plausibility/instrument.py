@@ -120,6 +120,6 @@ def score(run_dir, instrument: Instrument, arms: Sequence[str], progress: bool =
     else:
         return None
     save_plausibility_table(table, run_layout.tables_dir(run_dir), "objective_plausibility")
-    save_table(checks.assign(path=[run_layout.relative_to_run(p, run_dir) for p in checks["path"]]), run_dir,
+    save_table(checks.assign(path=run_layout.relative_paths(checks["path"], run_dir)), run_dir,
                "objective_checks")
     return {"table": table, "checks": checks, **out}

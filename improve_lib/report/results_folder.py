@@ -108,8 +108,7 @@ def verify(out_dir: str | Path) -> list[str]:
     if (out_dir / SUMMARY).is_file() and (out_dir / SUMMARY).read_text(encoding="utf-8") != summary_markdown(out_dir):
         raise StudyInputError(f"{out_dir / SUMMARY} is not what the folder's runs give: edited by hand, or written by "
                               f"older code (rewrite it with improve_lib.report.results_folder.write_summary)")
-    if all(_seed_of(r) in verdict.PREREGISTERED_SEEDS for r in runs) \
-            and not (out_dir / FOREST).is_file():
+    if verdict.registered(_seed_of(r) for r in runs) and not (out_dir / FOREST).is_file():
         raise StudyInputError(f"{out_dir}: {FOREST} missing (a pre-registered folder's forest plot: write_summary writes it)")
     return [r.name for r in runs]
 
@@ -150,13 +149,10 @@ def _read_runs(out_dir: Path) -> list[dict]:
     for run in sorted(p for p in (out_dir / "runs").iterdir() if p.is_dir()):
         m = manifest.load(run)
         tables = {name: pd.read_csv(run / f"{name}.csv") for name in
-                  ("tstr", "fidelity", "objective_plausibility", "copy_check")
+                  ("tstr", "fidelity", "objective_plausibility", "copy_check", "tstr_per_class_f1", "probe")
                   if (run / f"{name}.csv").is_file()}
         stages = m.get("stages", {})
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-        for name in ("tstr_per_class_f1", "probe"):
-            if (run / f"{name}.csv").is_file():
-                tables[name] = pd.read_csv(run / f"{name}.csv")
         trained = m.get("facts", {}).get("04_train_diffusion", {})
         runs.append({"name": run.name, "seed": (m.get("sweep") or {}).get("seed"), "tables": tables,
                      "precision": "/".join(sorted(set((trained.get("mixed_precision") or {}).values()))) or "-",
@@ -187,7 +183,7 @@ def summary_markdown(out_dir: str | Path) -> str:
     runs = _read_runs(out_dir)
     paper = paper_tables.tstr(dataset) or {}
     p0 = runs[0]["params"]
-    registered = all(r["seed"] in verdict.PREREGISTERED_SEEDS for r in runs)
+    registered = verdict.registered(r["seed"] for r in runs)
     lines = [f"# {dataset}: the study over {len(runs)} replicate(s)" + (" (pre-registered)" if registered else ""), "",
              f"Profile `{p0.get('PROFILE')}`, {p0.get('RESOLUTION')} px, seeds {', '.join(str(r['seed']) for r in runs)}; "
              f"TSTR classifier {p0.get('CLASSIFIER')} ({p0.get('EVAL_EPOCHS')} epochs, classifier seeds "
@@ -348,7 +344,7 @@ def write_forest(out_dir: str | Path) -> Path | None:
     """The forest plot of a pre-registered results folder (:data:`FOREST`); None for any other folder."""
     out_dir = Path(out_dir)
     runs = _read_runs(out_dir)
-    if not runs or not all(r["seed"] in verdict.PREREGISTERED_SEEDS for r in runs):
+    if not runs or not verdict.registered(r["seed"] for r in runs):
         return None
     d = _differences(runs)
     fig = verdict.forest_figure(d, verdict.verdict(d["diff"].tolist()), f"{_dataset(out_dir)}: the registered endpoint")

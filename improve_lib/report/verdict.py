@@ -29,6 +29,11 @@ PLANNED_REPLICATES = 8
 PREREGISTERED_SEEDS = tuple(range(3, 11))
 PILOT_SEEDS = (0, 1, 2)
 
+
+def registered(seeds) -> bool:
+    """Whether replicates with these seeds are the registered ones (the folder then gets the registered analysis)."""
+    return all(s in PREREGISTERED_SEEDS for s in seeds)
+
 #: (difference shown, equivalent within the margin) -> the registered words; the sign decides the first two
 WORDS = {"prototype": "the prototype arm is better", "baseline": "the baseline arm is better",
          "small": "a difference smaller than the margin: the arms differ by less than 2 points",

@@ -25,15 +25,14 @@ from tqdm.auto import tqdm
 from traitlets.config import Config
 
 from improve_lib import data
-from improve_lib.data import external
 from improve_lib.conditioning import encoders, prototypes
-from improve_lib.core import manifest, notebook_parameters, run_layout
+from improve_lib.core import manifest, notebook_parameters, parameter_domains, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_write_text
 from improve_lib.core.notebook_parameters import NOTEBOOK_DIR, REPO, declared_parameters, list_notebooks
+from improve_lib.data import external
 from improve_lib.diffusion import sample, train
 from improve_lib.metrics import tstr
-from improve_lib.core import parameter_domains
 from improve_lib.runs.profiles import resolve_params
 
 KERNEL = "python3"
@@ -82,9 +81,9 @@ def preflight(params: dict[str, Any]) -> None:
         data.medmnist.read_pool(src, params["DATASET"], params.get("CLASSES"))
     split = None
     if params["DATASET"] in ("ham10000", "bone_marrow"):
-        seed = params["SEED"] if params.get("SPLIT_SEED") is None else params["SPLIT_SEED"]
         split = data.build_split(params["DATASET"], src, "/nonexistent-preflight", int(params["N_TRAIN"]),
-                                 int(params["N_TEST"]), int(seed), params.get("CLASSES"),
+                                 int(params["N_TEST"]), int(data.split_seed(params["SEED"], params.get("SPLIT_SEED"))),
+                                 params.get("CLASSES"),
                                  int(params.get("MIN_PER_CLASS", 1)), int(params.get("RESOLUTION", 64)), verify=True)
     if params.get("EXTERNAL_TEST_DIR"):  # notebook 06's external test: refused now if it overlaps the split
         if split is None:
