@@ -14,9 +14,13 @@ export PYTHONUNBUFFERED = 1
 
 # PIP_ARGS: e.g. "--no-index --find-links wheelhouse" on a classroom machine without network.
 # requirements.lock pins every package to the versions the tests last passed with (pip constraints).
+# EXTRAS: the optional extras of pyproject.toml installed too: the trackers of notebook 04's REPORT_TO whose curves
+# the tests read back (EXTRAS=tensorboard,mlflow,wandb adds W&B, unpinned; EXTRAS= installs none).
+EXTRAS ?= tensorboard,mlflow
+PROJECT := .$(if $(EXTRAS),[$(EXTRAS)])
 $(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -c requirements.lock -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -c requirements.lock -e "$(PROJECT)"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python 3 ($(KERNEL_NAME))" >/dev/null
 	touch $(STAMP)
 
@@ -62,14 +66,14 @@ workshop: $(STAMP)
 
 # Wheels of every dependency, for `make venv PIP_ARGS="--no-index --find-links wheelhouse"` offline.
 wheelhouse: $(STAMP)
-	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse -c requirements.lock . "setuptools>=68"
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse -c requirements.lock "$(PROJECT)" "setuptools>=68"
 
-# Refresh requirements.lock: a fresh venv resolves pyproject.toml's ranges (network needed), then pip freeze.
+# Refresh requirements.lock: a fresh venv resolves pyproject.toml's ranges and EXTRAS (network needed), then pip freeze.
 # Run make test afterwards: the lock records what the tests passed with.
 LOCK_VENV := .lock-venv
 lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_ARGS) -e .
+	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_ARGS) -e "$(PROJECT)"
 	{ sed -n '/^#/p' requirements.lock; $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | grep -v "^pip=="; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock && rm -rf $(LOCK_VENV)
 

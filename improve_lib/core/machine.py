@@ -2,9 +2,13 @@
 its matrix units make fast, a free port."""
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import multiprocessing
 import os
+import signal
 import socket
+import sys
 
 import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -39,18 +43,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def set_cpu_threads(world: int) -> None:
-    """Torch threads for one of ``world`` CPU training processes (nothing to do for one process)."""
-    if world <= 1:
-        return
-    if multiprocessing.parent_process() is not None:
+def set_cpu_threads(world: int, threads: int | None = None) -> None:
+    """Torch threads for one of ``world`` CPU training processes: ``threads`` when given (e.g. arms training
+    side by side, each a process of its own), else the usable cores shared among the processes (one
+    process: torch's own default)."""
+    if multiprocessing.parent_process() is not None and world > 1:
         # notebook_launcher forks its workers from a process whose OpenMP pool has run; GNU OpenMP is
         # not fork-safe and a forked worker with >1 thread hangs in its first parallel op (seen on a
         # 16-core machine). torch's DataLoader workers use 1 thread for the same reason. Workers of
         # `accelerate launch` are fresh interpreters (no multiprocessing parent) and share the cores.
         torch.set_num_threads(1)
-    else:
+    elif threads is not None:
+        torch.set_num_threads(threads)
+    elif world > 1:
         torch.set_num_threads(max(1, usable_cpus() // world))  # processes share the cores
+
+
+def process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of ``workers`` fresh interpreters (spawn: a notebook kernel's threads and OpenMP pool are not
+    inherited, which fork would make unsafe) with the usable cores shared among them as torch threads: on a small
+    CPU, two models one core each use the cores better than one model on two (tstr, sample)."""
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_worker_threads, initargs=(max(1, usable_cpus() // workers),))
+
+
+def _worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """Ask Linux to send this process SIGTERM when its parent ends (``prctl(PR_SET_PDEATHSIG)``), and end now if
+    ``parent_pid`` is already gone: an arm training in a process of its own must not outlive the notebook kernel
+    that started it. Elsewhere nothing to do (the parent terminates its children when it is interrupted)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        raise SystemExit(f"the process that started this training ({parent_pid}) has ended")
 
 
 def cpu_capability() -> str:

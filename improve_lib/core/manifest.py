@@ -36,8 +36,10 @@ PACKAGES = ("improve-study", "torch", "torchvision", "numpy", "pandas", "scikit-
 # Large or volatile files are hashed by size+mtime only when listed here would cost minutes; we
 # hash everything but skip temporary files of atomic writes.
 _SKIP_SUFFIXES = (".tmp",)
-#: Run-relative paths (fnmatch) of the files that record an execution rather than its results.
-RECORD_PATTERNS = ("notebooks/*.ipynb", "models/*/training_time.json", "review/reviewers.json")
+#: Run-relative paths (fnmatch) of the files that record an execution rather than its results (the trackers'
+#: curves carry wall times, host names and random run ids).
+RECORD_PATTERNS = ("notebooks/*.ipynb", "models/*/training_time.json", "review/reviewers.json",
+                   f"{run_layout.TRACKERS}/*")
 
 
 def is_record(rel: str) -> bool:

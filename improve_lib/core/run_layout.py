@@ -8,6 +8,7 @@ it, so the layout can be read (and changed) in one place::
     embeddings/{train,test}.npz    02
     prototypes/                    03: prototypes.safetensors, class_embeddings.safetensors, metrics.json
     models/<arm>/                  04: config.yaml, checkpoint-<step>/, loss.csv, samples/, final/
+    trackers/<tracker>/            04: the training curves for TensorBoard, MLflow or W&B (REPORT_TO), offline
     samples/<arm>/<class>/         05: the generated PNGs; samples/<arm>/sampling.json
     metrics/metrics.json           06 (fidelity/: resized real images, like for like)
     tables/  figures/  review/     every notebook's tables and figures; 07's expert review
@@ -21,16 +22,18 @@ from pathlib import Path
 
 DATA, EMBEDDINGS, PROTOTYPES, MODELS, SAMPLES = "data", "embeddings", "prototypes", "models", "samples"
 TABLES, METRICS, FIDELITY, REVIEW, FIGURES, NOTEBOOKS = "tables", "metrics", "fidelity", "review", "figures", "notebooks"
+TRACKERS = "trackers"
 #: Every folder the pipeline writes into a run (the manifest hashes what they hold).
-RUN_FOLDERS = (DATA, EMBEDDINGS, PROTOTYPES, MODELS, SAMPLES, TABLES, METRICS, FIDELITY, REVIEW, FIGURES, NOTEBOOKS)
+RUN_FOLDERS = (DATA, EMBEDDINGS, PROTOTYPES, MODELS, TRACKERS, SAMPLES, TABLES, METRICS, FIDELITY, REVIEW, FIGURES,
+               NOTEBOOKS)
 #: The folders a notebook owns: a rerun of that notebook clears them first (tables and figures are shared).
-OWNED_FOLDERS = {"01": (DATA,), "02": (EMBEDDINGS,), "03": (PROTOTYPES,), "04": (MODELS,), "05": (SAMPLES,),
+OWNED_FOLDERS = {"01": (DATA,), "02": (EMBEDDINGS,), "03": (PROTOTYPES,), "04": (MODELS, TRACKERS), "05": (SAMPLES,),
                  "06": (METRICS, FIDELITY)}
 #: Files the pipeline writes that a killed notebook can leave before the manifest records them (checkpoints
 #: of an interrupted training, a half-sampled arm, a table or figure): :func:`is_tool_file`. Anything else a
 #: manifest has not recorded (a user's notes, an expert's ``review/<reviewer>.csv``) is not the tool's.
-TOOL_FILES = (f"{DATA}/*", f"{EMBEDDINGS}/*", f"{PROTOTYPES}/*", f"{MODELS}/*", f"{SAMPLES}/*", f"{METRICS}/*",
-              f"{FIDELITY}/*", f"{TABLES}/*.csv", f"{TABLES}/*.md", f"{TABLES}/*.json", f"{FIGURES}/*.png",
+TOOL_FILES = (f"{DATA}/*", f"{EMBEDDINGS}/*", f"{PROTOTYPES}/*", f"{MODELS}/*", f"{TRACKERS}/*", f"{SAMPLES}/*",
+              f"{METRICS}/*", f"{FIDELITY}/*", f"{TABLES}/*.csv", f"{TABLES}/*.md", f"{TABLES}/*.json", f"{FIGURES}/*.png",
               f"{NOTEBOOKS}/*.ipynb", f"{REVIEW}/tasks.csv", f"{REVIEW}/blinding.json", f"{REVIEW}/criteria.json",
               f"{REVIEW}/reviewers.json", f"{REVIEW}/label_studio/*")
 #: ``data/split.csv`` relative to the run folder.
@@ -101,6 +104,11 @@ def arm_dir(run_dir, arm_name: str) -> Path:
 def final_dir(run_dir, arm_name: str) -> Path:
     """``RUN_DIR/models/<arm_name>/final``: the trained arm's diffusers pipeline folder."""
     return arm_dir(run_dir, arm_name) / FINAL
+
+
+def trackers_dir(run_dir, tracker: str) -> Path:
+    """``RUN_DIR/trackers/<tracker>``: the training curves of every arm for ``tracker`` (notebook 04's REPORT_TO)."""
+    return Path(run_dir) / TRACKERS / tracker
 
 
 def preview_png(arm_folder, step: int) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from improve_lib.core import machine, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.diffusion import checkpoints, model_folder, train
@@ -32,8 +34,13 @@ def export_checkpoint(run_dir, arm: str, step: int | None = None, out=None) -> P
     if step not in complete:
         raise StudyInputError(f"{arm_dir}: no complete checkpoint-{step}; complete ones: steps {sorted(complete)}")
     path = complete[step]
-    cfg = train.resolve_config(arm_dir / "config.yaml")
-    cfg.update(RUN_DIR=str(Path(run_dir).resolve()), CPU=True, PROGRESS=False, ARM_NAME=arm)
+    config = arm_dir / "config.yaml"
+    if not config.is_file():
+        raise StudyInputError(f"training config {config} does not exist")
+    # an export logs no training curves: REPORT_TO's tracker need not be installed where a checkpoint is exported
+    cfg = train.resolve_config({**(yaml.safe_load(config.read_text()) or {}), "RUN_DIR": str(Path(run_dir).resolve()),
+                                "REPORT_TO": "none"})
+    cfg.update(CPU=True, PROGRESS=False, ARM_NAME=arm)
     try:
         run = train.TrainingRun(cfg)
         stored = run.load_checkpoint(path, ignore=("WORLD_SIZE",))  # one process reads any world size's

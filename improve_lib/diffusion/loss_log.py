@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -33,6 +34,8 @@ class LossLog:
         self.unchecked: list[tuple[int, torch.Tensor, float]] = []   # (step, loss on device, lr)
         self.last = float("nan")
         self.last_checkpoint: Path | None = None
+        # called by the main process with every checked batch of (step, loss, lr): the trackers' curves
+        self.on_checked: Callable[[list[tuple[int, float, float]]], None] | None = None
 
     def start(self, step: int) -> None:
         """Keep the header and rows up to ``step`` (rows after a checkpoint are replayed on resume)."""
@@ -70,6 +73,8 @@ class LossLog:
                     f"checkpoint: {self.last_checkpoint or 'none'} (checkpoints kept). Lower LR or check the data.")
             if self.main:
                 self.rows.append(f"{at},{value:.6g},{lr:.6g}\n")
+        if self.main and self.on_checked is not None:
+            self.on_checked([(at, value, lr) for (at, _, lr), value in zip(self.unchecked, values)])
         self.last = values[-1]
         self.unchecked.clear()
 

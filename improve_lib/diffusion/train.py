@@ -15,11 +15,10 @@ Everything a run writes lives under ``RUN_DIR/models/<ARM_NAME>/``::
 The objective is :mod:`improve_lib.diffusion.training_objective`'s; the label becomes the null row ``C``
 with probability ``P_UNCOND``.
 
-Exact kill-and-resume: nothing random depends on a dataloader or on the global RNG state. Each step's
-timesteps, noise, condition-dropout mask, flips and dropout seed come from generators seeded by hashing
-``(SEED, rank, step)`` with numpy's ``SeedSequence`` (no collisions, unlike ``seed*K + rank*M + step``), and
-the batch indices from per-epoch permutations seeded by ``(SEED, epoch)``, each rank taking its slice of
-the global batch. A run resumed from ``checkpoint-k`` replays steps ``k+1..N`` as an uninterrupted run would.
+Exact kill-and-resume, and the same draws whatever the process count: every random draw of a step is a function
+of ``(SEED, shard, step)`` (:mod:`improve_lib.diffusion.step_draws`), so a run resumed from ``checkpoint-k``
+replays steps ``k+1..N`` as an uninterrupted run would, and one process computing ``DATA_SHARDS`` shards replays a
+``DATA_SHARDS``-process run.
 """
 from __future__ import annotations
 
@@ -28,13 +27,11 @@ import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -48,7 +45,8 @@ from improve_lib.core import machine, parameter_domains, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_write_json, save_safetensors
 from improve_lib.core.values import as_bool, as_float, as_int, one_of, require
-from improve_lib.diffusion import checkpoints, fast_path, loss_log, model_folder, sample, training_objective, unet
+from improve_lib.diffusion import (checkpoints, fast_path, loss_log, model_folder, sample, step_draws, trackers,
+                                   training_objective, unet)
 from improve_lib.diffusion.loss_log import LossLog, TrainingDivergedError
 
 __all__ = ["ARMS", "TRAIN_KEYS", "RESUME_KEYS", "TrainingDivergedError", "TrainingRun", "main", "resolve_config", "train"]
@@ -61,7 +59,13 @@ TRAIN_KEYS = ("CLASS_EMBEDDING_MAP", "FREEZE_PROTOTYPES", "P_UNCOND", "LR", "WEI
               "INPUT_NORMALIZATION", "FLIP", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_EVERY", "SAMPLE_STEPS",
               "SAMPLE_PER_CLASS", "PREVIEW_GUIDANCE_SCALE")
 # How to run, not what is computed: optional, with these values when absent.
-RUN_OPTIONS: dict[str, Any] = {"ARM_NAME": None, "CPU": "auto", "PROGRESS": True, "COMPILE": "none"}  # improve_lib.diffusion.fast_path
+# DATA_SHARDS: the optimizer step's batch is DATA_SHARDS shards of BATCH_SIZE images, each drawn as one rank of a
+# DATA_SHARDS-process run would draw it (None: one shard per process); a process computes DATA_SHARDS / processes
+# shards, so one process can replay a multi-process run's batches and noise (same numbers up to float rounding).
+# CPU_THREADS: torch threads of a CPU process (None: the usable cores shared among the processes).
+# REPORT_TO: the tracker that also gets the training curves, in RUN_DIR/trackers/<tracker>/ (diffusion.trackers).
+RUN_OPTIONS: dict[str, Any] = {"ARM_NAME": None, "CPU": "auto", "PROGRESS": True, "COMPILE": "none",  # fast_path
+                               "DATA_SHARDS": None, "CPU_THREADS": None, "REPORT_TO": "none"}
 # Keys whose change makes a resumed run differ from the one its checkpoint belongs to: the model, the recipe
 # and the data (not the run length nor the checkpoint and preview cadence).
 _CADENCE = {"MAX_STEPS", "EPOCHS", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_EVERY", "SAMPLE_STEPS",
@@ -72,9 +76,11 @@ RESUME_KEYS = unet.MODEL_KEYS + ("ARM",) + tuple(k for k in TRAIN_KEYS if k not 
 _FLOATS = ("P_UNCOND", "LR", "WEIGHT_DECAY", "GRAD_CLIP", "EMA_DECAY", "PREVIEW_GUIDANCE_SCALE")
 _INTS = ("WARMUP_STEPS", "BATCH_SIZE", "NUM_TRAIN_TIMESTEPS", "CHECKPOINT_EVERY", "SAMPLE_EVERY", "SAMPLE_STEPS",
          "SAMPLE_PER_CLASS", "KEEP_CHECKPOINTS")
+_OPTIONAL_INTS = ("DATA_SHARDS", "CPU_THREADS")  # None: the rule of RUN_OPTIONS' comment
 _CHOICES = {"ARM": ARMS, "CLASS_EMBEDDING_MAP": class_table.CLASS_EMBEDDING_MAPS,
             "LR_SCHEDULE": ("constant", "cosine"), "MIXED_PRECISION": ("auto", "no", "bf16", "fp16"),
-            "BETA_SCHEDULE": training_objective.BETA_SCHEDULES, "COMPILE": fast_path.COMPILE_MODES}
+            "BETA_SCHEDULE": training_objective.BETA_SCHEDULES, "COMPILE": fast_path.COMPILE_MODES,
+            "REPORT_TO": trackers.REPORT_TO}
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -105,11 +111,14 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
     cfg["RUN_DIR"] = str((base / run if base is not None and not run.is_absolute() else run).resolve())
     for key, choices in _CHOICES.items():
         one_of(cfg[key], key, choices)
+    trackers.check_installed(cfg["REPORT_TO"])  # before any training: accelerate would drop the tracker silently
     for key in _FLOATS:
         cfg[key] = as_float(cfg[key], key)  # YAML reads "1e-4" as a string
     for key in _INTS:
         cfg[key] = as_int(cfg[key], key)
-    parameter_domains.check_domains({k: cfg[k] for k in _FLOATS + _INTS}, "training config: ")
+    for key in _OPTIONAL_INTS:
+        cfg[key] = None if cfg[key] is None else as_int(cfg[key], key)
+    parameter_domains.check_domains({k: cfg[k] for k in _FLOATS + _INTS + _OPTIONAL_INTS}, "training config: ")
     for key in ("FREEZE_PROTOTYPES", "FLIP", "PROGRESS"):
         cfg[key] = as_bool(cfg[key], key)
     if cfg["CPU"] != "auto":
@@ -128,32 +137,6 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
     return cfg
 
 
-# ------------------------------------------------------------------------------------- the step rules
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
-
-
-class _BatchIndices:
-    """Index stream = concatenated per-epoch permutations of range(N) seeded by (SEED, epoch)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.cache = n, seed, {}
-
-    def perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self.cache:
-            if len(self.cache) > 4:
-                self.cache.clear()
-            g = torch.Generator().manual_seed(_seed(self.seed, epoch, 2))
-            self.cache[epoch] = torch.randperm(self.n, generator=g)
-        return self.cache[epoch]
-
-    def __call__(self, step: int, rank: int, batch: int, world: int) -> torch.Tensor:
-        pos = step * batch * world + rank * batch + torch.arange(batch)
-        epochs, offsets = pos // self.n, pos % self.n
-        return torch.stack([self.perm(int(e))[int(o)] for e, o in zip(epochs, offsets)])
-
-
 def _tensor_sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
 
@@ -170,12 +153,20 @@ class TrainingRun:
         self.out_dir = run_layout.arm_dir(cfg["RUN_DIR"], cfg["ARM_NAME"])
         use_cpu = (not torch.cuda.is_available()) if cfg["CPU"] == "auto" else cfg["CPU"]
         precision = machine.mixed_precision(cfg["MIXED_PRECISION"], use_cpu)
-        self.accelerator = acc = Accelerator(cpu=use_cpu, mixed_precision=precision, project_dir=str(self.out_dir))
-        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.accelerator = acc = Accelerator(cpu=use_cpu, mixed_precision=precision, project_dir=str(self.out_dir),
+                                             log_with=trackers.log_with(cfg))
+        self.rank, processes, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        # the data-parallel width that defines the batches: DATA_SHARDS shards, DATA_SHARDS / processes per process
+        self.world = cfg["DATA_SHARDS"] or processes
+        if self.world % processes:
+            raise StudyInputError(f"DATA_SHARDS={self.world} must be a multiple of the {processes} training processes")
+        per_process = self.world // processes
+        self.shards = range(self.rank * per_process, (self.rank + 1) * per_process)
         if self.main:
-            print(f"world_size={self.world}", flush=True)
+            print(f"world_size={self.world}" + (f" ({processes} processes)" if processes != self.world else ""), flush=True)
         if use_cpu:
-            machine.set_cpu_threads(self.world)
+            machine.set_cpu_threads(processes, cfg["CPU_THREADS"])
+        self.processes = processes
         self.device = acc.device
         self._build(cfg, precision, use_cpu)
         self.log = LossLog(self.out_dir / "loss.csv", self.main, 1 if self.device.type == "cpu" else 25,
@@ -196,7 +187,8 @@ class TrainingRun:
         self.total = (cfg["MAX_STEPS"] if cfg["MAX_STEPS"] is not None
                       else math.ceil(cfg["EPOCHS"] * n_images / global_batch))
         self.cfg = {**cfg, **self.mcfg, "MIXED_PRECISION": precision, "CPU": use_cpu, "WORLD_SIZE": self.world,
-                    "CPU_CAPABILITY": machine.cpu_capability(),
+                    "PROCESSES": self.processes, "CPU_CAPABILITY": machine.cpu_capability(),
+                    "CPU_THREADS": torch.get_num_threads() if use_cpu else None,
                     "TOTAL_STEPS": self.total, "NUM_CLASSES": self.num_classes, "NUM_TRAIN_IMAGES": n_images,
                     "CLASS_NAMES": self.class_names, "TRAIN_SET_SHA256": train_sha,
                     "CLASS_TABLE_SHA256": _tensor_sha(self.init_table)}
@@ -215,7 +207,7 @@ class TrainingRun:
             self.ema = EMAModel(self.unwrapped.parameters(), decay=cfg["EMA_DECAY"], foreach=True)
         self.scheduler = training_objective.noise_scheduler(cfg)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
-        self.batches = _BatchIndices(n_images, cfg["SEED"])
+        self.batches = step_draws.BatchIndices(n_images, cfg["SEED"])
 
     def resume(self) -> int:
         """Load the latest complete checkpoint (checked against the config); returns the step to start at."""
@@ -234,6 +226,7 @@ class TrainingRun:
             save_safetensors({"class_table": self.init_table}, self.out_dir / "class_table.safetensors",
                              metadata={"class_names": json.dumps(self.class_names)})
         self.log.start(step)
+        self.curves = trackers.start(self.accelerator, self.resume_cfg, step, lambda: self.io_seconds, self.log)
         self.first_step = step
         return step
 
@@ -252,17 +245,15 @@ class TrainingRun:
         return state
 
     def step(self, step: int) -> None:
-        """Optimizer update ``step`` (0-based): every random draw seeded by (SEED, rank, step)."""
-        cfg, bsz, res = self.cfg, self.cfg["BATCH_SIZE"], self.mcfg["RESOLUTION"]
-        g = torch.Generator().manual_seed(_seed(cfg["SEED"], self.rank, step, 0))
-        torch.manual_seed(_seed(cfg["SEED"], self.rank, step, 1))  # dropout masks, also a function of the step
-        random.seed(_seed(cfg["SEED"], self.rank, step, 3))  # unused, but saved in checkpoints: same bytes on rerun
-        np.random.seed(_seed(cfg["SEED"], self.rank, step, 4) % 2**32)
-        idx, t, noise, drop, flips = (fast_path.to_device(v, self.device) for v in (  # no host wait on a GPU
-            self.batches(step, self.rank, bsz, self.world),
-            torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,), generator=g),
-            torch.randn((bsz, 3, res, res), generator=g), torch.rand(bsz, generator=g) < cfg["P_UNCOND"],
-            torch.rand(bsz, 2, generator=g) < 0.5))
+        """Optimizer update ``step`` (0-based): every random draw a function of (SEED, shard, step) (step_draws); this
+        process's shards are concatenated into one batch (its mean loss is the mean over the shards' means)."""
+        cfg = self.cfg
+        step_draws.seed_globals(cfg["SEED"], self.shards[0], step)
+        shards = [step_draws.shard_draws(self.batches, cfg["SEED"], step, shard, self.world, cfg["BATCH_SIZE"],
+                                         self.mcfg["RESOLUTION"], self.scheduler.config.num_train_timesteps,
+                                         cfg["P_UNCOND"]) for shard in self.shards]
+        idx, t, noise, drop, flips = (fast_path.to_device(torch.cat(parts) if len(parts) > 1 else parts[0], self.device)
+                                      for parts in zip(*shards))  # no host wait on a GPU
         x0 = training_objective.to_model(self.images[idx].float().div(127.5).sub(1.0), self.input_mean, self.input_std)
         if cfg["FLIP"]:
             x0 = torch.where(flips[:, 0, None, None, None], x0.flip(-1), x0)
@@ -316,7 +307,7 @@ class TrainingRun:
                 grid = sample.sample_grid(self.unwrapped, self.num_classes, scheduler_config=self.scheduler.config,
                                           settings=sample.preview_settings(self.cfg), per_class=self.cfg["SAMPLE_PER_CLASS"],
                                           seed=self.cfg["SEED"], normalization=(self.input_mean, self.input_std))
-            sample.save_png(grid, run_layout.preview_png(self.out_dir, at))
+            self.curves.log_preview(at, sample.save_png(grid, run_layout.preview_png(self.out_dir, at)))
         self.accelerator.wait_for_everyone()
         self.io_seconds += time.time() - started
 
@@ -325,7 +316,8 @@ class TrainingRun:
         self.preview(step)
         hashes = gather_object([unet.state_dict_sha256(self.unwrapped)])
         step_seconds = seconds - self.io_seconds
-        summary = {"steps": step, "total_steps": self.total, "world_size": self.world, "rank_weight_sha256": hashes}
+        summary = {"steps": step, "total_steps": self.total, "world_size": self.world, "processes": self.processes,
+                   "rank_weight_sha256": hashes}
         # This session's facts (a resume, wall times): a record beside final/, whose files a rerun reproduces.
         timing = {"resumed_from": self.resumed_from, "steps_this_session": step - self.first_step,
                   "seconds_this_session": round(seconds, 3), "checkpoint_and_preview_seconds": round(self.io_seconds, 3),
@@ -390,9 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m improve_lib.diffusion.train --config config.yaml`` (also under ``accelerate launch -m``)."""
     parser = argparse.ArgumentParser(prog="python -m improve_lib.diffusion.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML file with RUN_DIR, ARM and the training keys")
+    parser.add_argument("--data-shards", type=int, help="override the config's DATA_SHARDS (see RUN_OPTIONS)")
+    parser.add_argument("--cpu-threads", type=int, help="override the config's CPU_THREADS")
+    parser.add_argument("--parent-pid", type=int, help="stop when this process ends (a notebook launching the arms)")
     args = parser.parse_args(argv)
+    if args.parent_pid:
+        machine.end_with_parent(args.parent_pid)
     try:
-        train(args.config)
+        overrides = {k: v for k, v in (("DATA_SHARDS", args.data_shards), ("CPU_THREADS", args.cpu_threads)) if v is not None}
+        train({**resolve_config(args.config), **overrides} if overrides else args.config)
     except StudyInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

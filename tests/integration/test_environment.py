@@ -42,9 +42,9 @@ def _lock() -> dict[str, str]:
     return pins
 
 
-def _installed_closure(root: str = "improve-study") -> dict[str, str]:
-    """Every distribution the project needs on this platform, with its installed version."""
-    found, stack = {}, [(root, frozenset())]
+def _installed_closure(root: str = "improve-study", extras: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Every distribution the project (with ``extras``) needs on this platform, with its installed version."""
+    found, stack = {}, [(root, extras)]
     while stack:
         name, extras = stack.pop()
         dist = metadata.distribution(name)
@@ -68,6 +68,22 @@ def test_installed_versions_are_the_locked_ones():
     for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         req = Requirement(text)
         assert req.specifier.contains(lock[canonicalize_name(req.name)], prereleases=True), text
+
+
+def test_the_extras_make_installs_are_locked():
+    """make venv also installs the Makefile's EXTRAS (the trackers whose curves the tests read back), with the same
+    constraints: every package they pull in is pinned in requirements.lock, at the version installed."""
+    extras = re.search(r"^EXTRAS \?= *(.*)$", (REPO / "Makefile").read_text(), re.M).group(1).split(",")
+    optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras) <= set(optional), f"EXTRAS names extras that pyproject.toml lacks: {set(extras) - set(optional)}"
+    try:
+        installed = _installed_closure(extras=frozenset(extras))
+    except metadata.PackageNotFoundError as exc:
+        pytest.skip(f"the extras are not installed here (make venv EXTRAS=...): {exc}")
+    lock = _lock()
+    assert not sorted(set(installed) - set(lock)), "packages installed but not locked (make lock)"
+    differ = {k: (v, lock[k]) for k, v in installed.items() if lock[k] != v}
+    assert not differ, f"installed vs locked versions differ: {differ}"
 
 
 def test_there_are_notebooks_and_profiles():
