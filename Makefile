@@ -15,8 +15,9 @@ export PYTHONUNBUFFERED = 1
 # PIP_ARGS: e.g. "--no-index --find-links wheelhouse" on a classroom machine without network.
 # requirements.lock pins every package to the versions the tests last passed with (pip constraints).
 # EXTRAS: the optional extras of pyproject.toml installed too: the trackers of notebook 04's REPORT_TO whose curves
-# the tests read back (EXTRAS=tensorboard,mlflow,wandb adds W&B, unpinned; EXTRAS= installs none).
-EXTRAS ?= tensorboard,mlflow
+# the tests read back, and Playwright for the report site's browser check (EXTRAS=tensorboard,mlflow,browser,wandb
+# adds W&B, unpinned; EXTRAS= installs none).
+EXTRAS ?= tensorboard,mlflow,browser
 PROJECT := .$(if $(EXTRAS),[$(EXTRAS)])
 $(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -2,7 +2,6 @@
 its matrix units make fast, a free port."""
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import multiprocessing
 import os
@@ -57,18 +56,6 @@ def set_cpu_threads(world: int, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
     elif world > 1:
         torch.set_num_threads(max(1, usable_cpus() // world))  # processes share the cores
-
-
-def process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """A pool of ``workers`` fresh interpreters (spawn: a notebook kernel's threads and OpenMP pool are not
-    inherited, which fork would make unsafe) with the usable cores shared among them as torch threads: on a small
-    CPU, two models one core each use the cores better than one model on two (tstr, sample)."""
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_worker_threads, initargs=(max(1, usable_cpus() // workers),))
-
-
-def _worker_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def end_with_parent(parent_pid: int) -> None:

@@ -46,11 +46,10 @@ NUMBERS: dict[str, tuple[float, float, bool, bool]] = {
     # 05
     "N_PER_CLASS": (1, 1_000_000, False, False), "STEPS": (1, 100_000, False, False), "ETA": (0, 1, False, False),
     "GUIDANCE_SCALE": (0, 100, False, False), "SAMPLE_BATCH_SIZE": (1, 65536, False, False),
-    "SAMPLE_WORKERS": (1, 1024, False, False),
     "DIAGNOSTIC_PER_CLASS": (0, 10_000, False, False),
     # 06
     "EVAL_EPOCHS": (1, 100_000, False, False), "EVAL_BATCH_SIZE": (1, 65536, False, False),
-    "EVAL_LR": (0, INF, True, True), "N_BOOT": (1, 10_000_000, False, False), "EVAL_WORKERS": (1, 1024, False, False),
+    "EVAL_LR": (0, INF, True, True), "N_BOOT": (1, 10_000_000, False, False),
     # 07
     "VALIDATION_PER_CLASS": (1, 100_000, False, False), "ROBUSTNESS_PER_CLASS": (0, 100_000, False, False),
     "REVIEW_PER_CLASS": (1, 1_000_000, False, False),

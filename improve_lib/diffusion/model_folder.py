@@ -27,7 +27,7 @@ import yaml
 from diffusers.training_utils import EMAModel
 
 from improve_lib.conditioning import prototype_files
-from improve_lib.core import folders, notebook_parameters, run_layout
+from improve_lib.core import citation, folders, notebook_parameters, run_layout
 from improve_lib.core.files import atomic_write_json, atomic_write_text, sha256_file
 from improve_lib.diffusion import guided_pipeline, sample, trained_arm, unet
 
@@ -194,4 +194,8 @@ Classes (`class_labels`; the null, unconditional row of the class table is {inde
 A small UNet trained on a few hundred images for minutes on a CPU; samples at {cfg.get('RESOLUTION')} px.
 The study's evaluation (train-on-synthetic/test-on-real, fidelity, copy check, plausibility) is in the run
 folder's `metrics/` and `tables/`, not in this card.
+
+## Citation
+
+{chr(10).join(f"- {line}" for line in citation.references())}
 """

@@ -26,7 +26,6 @@ CPU; up to 2e-3 of the [0, 1] range on an H200, where convolutions may use TF32)
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -39,8 +38,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from improve_lib import data
-from improve_lib.core import machine, run_layout
+from improve_lib.core import run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_json
 from improve_lib.core.values import as_float, as_int, one_of, require
@@ -212,30 +210,6 @@ def sample_arm(run_dir: str | Path, arm: str, n_per_class: int, *, settings: Map
     with atomic_path(out_dir / "index.csv") as tmp:  # paths relative to the run folder: it can be moved
         table.assign(path=run_layout.relative_paths(table["path"], run_dir)).to_csv(tmp, index=False)
     return table
-
-
-def sample_arms(run_dir: str | Path, arms: Sequence[str], n_per_class: int, *, settings: Mapping[str, Any], seed: int,
-                batch_size: int, ema: bool, workers: int = 1, progress: bool = True) -> dict[str, pd.DataFrame]:
-    """:func:`sample_arm` for every arm of ``arms``: one after the other (``workers`` 1, or on a GPU), or up to
-    ``workers`` arms at a time on a CPU, each in a process of its own with the cores shared among them
-    (:func:`improve_lib.core.machine.process_pool`); one bar counts the PNGs written. Every image's pixels follow
-    its own seed, so the schedule changes them at most by rounding."""
-    n = max(1, min(int(workers), len(arms)))
-    if n == 1 or torch.cuda.is_available():
-        return {arm: sample_arm(run_dir, arm, n_per_class, settings=settings, seed=seed, batch_size=batch_size, ema=ema,
-                                progress=progress) for arm in arms}
-    sampler_settings(settings)  # a bad setting fails here, once, not in every worker
-    folders = [run_layout.samples_dir(run_dir, arm) for arm in arms]
-    with machine.process_pool(n) as pool:
-        futures = {pool.submit(sample_arm, run_dir, arm, n_per_class, settings=dict(settings), seed=seed,
-                               batch_size=batch_size, ema=ema, device="cpu", progress=False): arm for arm in arms}
-        total = len(arms) * len(data.class_names_of(data.read_split(run_dir))) * int(n_per_class)
-        with tqdm(total=total, desc=f"sampling {len(arms)} arms, {n} at a time", unit="img", disable=not progress) as bar:
-            pending = set(futures)
-            while pending:
-                _, pending = concurrent.futures.wait(pending, timeout=2)
-                bar.update(sum(len(list(f.glob("*/*.png"))) for f in folders if f.is_dir()) - bar.n)
-        return {futures[f]: f.result() for f in futures}  # re-raises a worker's error
 
 
 def regenerate(run_dir: str | Path, arm: str, class_name: str, index: int) -> torch.Tensor:

@@ -26,7 +26,6 @@ several classifier seeds and bootstrap intervals (:mod:`improve_lib.metrics.scor
 """
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 
 from improve_lib import data
 from improve_lib.conditioning import efficientnet_lite0
-from improve_lib.core import input_checks, machine, run_layout
+from improve_lib.core import input_checks, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import load_state_dict_file
 from improve_lib.diffusion import sample
@@ -258,8 +257,7 @@ def predict(model: nn.Module, images, batch_size: int = 256) -> np.ndarray:
 def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class_names: Sequence[str], *,
                 arch: str, seeds: Sequence[int], epochs: int, batch_size: int, lr: float, n_boot: int,
                 progress: bool = True, weights_path=None, device=None, alpha: float = 0.05, boot_seed: int = 0,
-                compare: tuple[str, str] = ("prototype", "baseline"), extra_tests: Mapping[str, tuple] | None = None,
-                workers: int = 1) -> dict:
+                compare: tuple[str, str] = ("prototype", "baseline"), extra_tests: Mapping[str, tuple] | None = None) -> dict:
     """Train one classifier per (training set, seed) with the same budget and score each on the same
     real test split (IMPROVE Tables 5, 6).
 
@@ -271,9 +269,7 @@ def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class
     over seeds), ``confusion_matrix`` (summed over seeds), ``predictions`` [seeds][N]. ``comparison``
     is ``paired_bootstrap`` of macro F1 for ``compare[0]`` minus ``compare[1]`` when both exist.
     ``extra_tests`` (name -> (images, labels), e.g. an external test set) are scored by the same classifiers:
-    ``external[name]`` holds their ``n_test``, ``sets`` and ``comparison`` in the same form.
-    ``workers`` > 1 trains that many classifiers at a time on a CPU, each in a process of its own with the usable
-    cores shared among them (see :func:`_fit_all`)."""
+    ``external[name]`` holds their ``n_test``, ``sets`` and ``comparison`` in the same form."""
     class_names = list(class_names)
     c = len(class_names)
     x_test = torch.as_tensor(test_images)
@@ -299,11 +295,15 @@ def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class
     for key, (xe, ye) in (extra_tests or {}).items():
         xe = input_checks.images(xe, f"extra_tests[{key!r}] images")
         tests[key] = (xe, input_checks.labels(ye, xe.shape[0], c, f"extra_tests[{key!r}] labels"))
-    budget = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weights_path=weights_path)
-    jobs = [(name, s) for name in checked for s in seeds]
-    test_images = {key: xt for key, (xt, _) in tests.items()}
-    fitted = _fit_all(jobs, checked, test_images, c, budget, workers, progress, device)
-    preds = {key: {name: [fitted[(name, s)][key] for s in seeds] for name in checked} for key in tests}
+    preds = {key: {} for key in tests}
+    for name, (xi, yi) in checked.items():
+        for key in tests:
+            preds[key][name] = []
+        for s in seeds:
+            model = train_classifier(xi, yi, c, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=s,
+                                     weights_path=weights_path, progress=progress, device=device)
+            for key, (xt, _) in tests.items():
+                preds[key][name].append(predict(model, xt))
     scored = {key: _score_sets(preds[key], yt, {n: int(x.shape[0]) for n, (x, _) in checked.items()}, class_names,
                                seeds, n_boot, alpha, boot_seed, compare) for key, (_, yt) in tests.items()}
     sets, comparison = scored[""]["sets"], scored[""]["comparison"]
@@ -311,7 +311,7 @@ def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class
         "class_names": class_names, "n_test": int(len(y_test)),
         "n_test_per_class": {n: int((y_test == i).sum()) for i, n in enumerate(class_names)},
         "budget": {"arch": arch, "seeds": [int(s) for s in seeds], "epochs": int(epochs), "batch_size": int(batch_size),
-                   "lr": float(lr), "weight_decay": WEIGHT_DECAY, "augment": dict(AUGMENT), "workers": int(workers),
+                   "lr": float(lr), "weight_decay": WEIGHT_DECAY, "augment": dict(AUGMENT),
                    "weights_path": None if weights_path is None else str(weights_path)},
         "bootstrap": {"n_boot": int(n_boot), "alpha": float(alpha), "seed": int(boot_seed), "stratified": True,
                       "method": "BCa",
@@ -319,34 +319,6 @@ def tstr_scores(train_sets: Mapping[str, tuple], test_images, test_labels, class
         "sets": sets, "comparison": comparison,
         **({"external": {key: scored[key] for key in tests if key}} if extra_tests else {}),
     }
-
-
-def _fit_predict(images, labels, num_classes: int, budget: dict, seed: int, tests: Mapping[str, torch.Tensor],
-                 progress: bool = False, device=None) -> dict[str, np.ndarray]:
-    """Train one classifier (``budget``: arch, epochs, batch_size, lr, weights_path) with ``seed``; its predictions
-    for every test set of ``tests``."""
-    model = train_classifier(images, labels, num_classes, seed=seed, progress=progress, device=device, **budget)
-    return {key: predict(model, xt) for key, xt in tests.items()}
-
-
-def _fit_all(jobs: list[tuple[str, int]], sets: Mapping[str, tuple], tests: Mapping[str, torch.Tensor], num_classes: int,
-             budget: dict, workers: int, progress: bool, device) -> dict[tuple[str, int], dict[str, np.ndarray]]:
-    """Every (training set, seed) classifier's predictions. One worker: in this process, one after the other.
-    More (CPU only): :func:`improve_lib.core.machine.process_pool`, the cores shared among the workers. A
-    classifier's numbers depend on its seed and, at float-rounding level, on its thread count (the workers are in
-    the budget), not on which process trained it."""
-    n = max(1, min(int(workers), len(jobs)))
-    if n == 1 or _default_device(device).type != "cpu":
-        return {(name, s): _fit_predict(*sets[name], num_classes, budget, s, tests, progress, device) for name, s in jobs}
-    out = {}
-    with machine.process_pool(n) as pool:
-        futures = {pool.submit(_fit_predict, *sets[name], num_classes, budget, s, tests, False, "cpu"): (name, s)
-                   for name, s in jobs}
-        done = concurrent.futures.as_completed(futures)
-        for future in tqdm(done, total=len(jobs), desc=f"TSTR {budget['arch']} ({n} at a time)", unit="classifier",
-                           disable=not progress):
-            out[futures[future]] = future.result()
-    return out
 
 
 def _score_sets(preds: Mapping[str, list], y_test: np.ndarray, n_train: Mapping[str, int], class_names: list[str],

@@ -18,6 +18,7 @@ so a folder holding anything this tool did not write is refused, never emptied.
 """
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -30,17 +31,15 @@ import pandas as pd
 import yaml
 from nbconvert import HTMLExporter
 
-from improve_lib.core import folders, manifest
+from improve_lib.core import citation, folders, manifest
 from improve_lib.core.errors import StudyInputError
 
 QUESTION = ("Do class embeddings learned as prototypes (CPL) on image embeddings and then frozen make a class-conditional "
             "diffusion model whose samples are more useful and more plausible than randomly initialised, trained class "
             "embeddings with classifier-free guidance? (IMPROVE; measured here by training a classifier on each arm's "
             "samples and testing it on real images.)")
-CITATION = ("Cite the software and the paper as in <code>CITATION.cff</code> of the repository; the datasets under "
-            "their own licenses (HAM10000 CC BY-NC 4.0, Bone Marrow CC BY 4.0).")
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
-         "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}"
+         "table{border-collapse:collapse;margin:1rem 0;display:block;overflow-x:auto;max-width:100%}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}"
          "img{max-width:100%}.grids{display:flex;flex-wrap:wrap;gap:1rem}.grids figure{margin:0;max-width:30rem}"
          "code{background:#f4f4f4;padding:0 .2rem}nav a{margin-right:1rem}")
 _markdown = mistune.create_markdown(plugins=["table"], escape=False)
@@ -63,7 +62,13 @@ def _page(title: str, body: str, depth: int = 0) -> str:
     home = "../" * depth + "index.html"
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><nav><a href=\"{home}\">study</a></nav><h1>{html.escape(title)}</h1>"
-            f"{body}<hr><p><small>{CITATION} Written by <code>python -m improve_lib report</code>.</small></p></body></html>")
+            f"{body}<hr><small>{_citations()}<p>Written by <code>python -m improve_lib report</code>.</p></small></body></html>")
+
+
+@functools.lru_cache(maxsize=1)
+def _citations() -> str:
+    """How to cite, from CITATION.cff (core.citation): the software, the paper, the datasets with their licenses."""
+    return "<p>How to cite:</p>" + _markdown("\n".join(f"- {line}" for line in citation.references()))
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -92,7 +97,11 @@ def _manifest_page(m: dict) -> str:
 
 def _notebook_html(path: Path) -> str:
     exporter = HTMLExporter(template_name="lab", embed_images=True, mathjax_url="", require_js_url="", jquery_url="")
-    body, _ = exporter.from_notebook_node(nbformat.read(str(path), as_version=4))
+    nb = nbformat.read(str(path), as_version=4)
+    # Saved widget state (the progress bars) makes the template load the widget renderer from unpkg.com at view time;
+    # offline it fails with a console error, and each bar's text output is shown without it.
+    nb.metadata.pop("widgets", None)
+    body, _ = exporter.from_notebook_node(nb)
     return _EMPTY_SCRIPT.sub("", body)  # the CDN scripts, emptied above: a page that fetches nothing
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from improve_lib.core.errors import StudyInputError
 from improve_lib.diffusion import checkpoint_export
 from improve_lib.plausibility.review import label_studio_server
-from improve_lib.report import results_folder, site
+from improve_lib.report import browser, results_folder, site
 from improve_lib.runs import sweep_jobs, sweep
 from improve_lib.runs.pipeline import StudyRunError, run_pipeline
 from improve_lib.runs.profiles import parse_sets
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("report", help="a static web site of a run, sweep or results folder (opens from disk)")
     w.add_argument("path", help="a run folder, a sweep folder or a results folder")
     w.add_argument("--out", help="the site's folder (default runs/reports/<name of PATH>)")
+    w.add_argument("--check", action="store_true", help="then open every page in headless Chromium (Playwright) and "
+                   "fail on a page, image or link that does not load or a console error")
+    w.add_argument("--screenshot", help="with --check: save the landing page as this PNG")
     x = sub.add_parser("export", help="export a training checkpoint as a diffusers pipeline folder (final/'s layout)")
     x.add_argument("run_dir", help="a run folder trained by notebook 04")
     x.add_argument("--arm", required=True, help="the arm's folder under models/: prototype | baseline | an ARM_NAME")
@@ -117,7 +120,10 @@ def _main(argv: list[str] | None) -> int:
                        lambda: checkpoint_export.export_checkpoint(args.run_dir, args.arm, args.step, args.out))
     if args.command == "report":
         out = args.out or Path("runs") / "reports" / Path(args.path).resolve().name
-        return _report("report", lambda: site.build_site(args.path, out))
+        code = _report("report", lambda: site.build_site(args.path, out))
+        if code or not (args.check or args.screenshot):
+            return code
+        return _report("browser check", lambda: _browser_check(out, args.screenshot))
     if args.command == "compare":
         return _report("comparison", lambda: sweep.render_comparison(args.sweep_dir))
     try:
@@ -131,6 +137,13 @@ def _main(argv: list[str] | None) -> int:
         return 2 if isinstance(exc, StudyInputError) else 1
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _browser_check(site_dir: Path, screenshot: str | None) -> str:
+    problems = browser.check_pages(site_dir, screenshot)
+    if problems:
+        raise StudyInputError(f"{len(problems)} problem(s) in {site_dir}:\n" + "\n".join(problems))
+    return f"every page of {site_dir} loads in Chromium" + (f"; landing page -> {screenshot}" if screenshot else "")
 
 
 def _report(what: str, action) -> int:

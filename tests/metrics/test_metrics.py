@@ -209,28 +209,6 @@ def test_tstr_end_to_end_three_sets_two_seeds():
     json.loads(json.dumps(res))  # the notebook writes it to metrics/ as plain JSON
 
 
-def test_tstr_classifiers_in_worker_processes_give_the_numbers_of_one_process():
-    """workers=2 trains each classifier in a spawned process with usable_cpus // 2 threads: the same predictions as
-    training them here one after the other with that many threads (a classifier's numbers follow its seed)."""
-    from improve_lib.core import machine
-
-    test_x, test_y = squares(6, seed=99)
-    sets = {"real": squares(10, 1), "baseline": squares(10, 3, noise=0.4)}
-    budget = dict(arch="small_cnn", seeds=[0, 1], epochs=2, batch_size=16, lr=3e-3, n_boot=50, progress=False,
-                  extra_tests={"external": squares(4, seed=7)})
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(max(1, machine.usable_cpus() // 2))
-        one = tstr_scores(sets, test_x, test_y, CLASSES, **budget)
-    finally:
-        torch.set_num_threads(threads)
-    pooled = tstr_scores(sets, test_x, test_y, CLASSES, workers=2, **budget)
-    assert one["budget"]["workers"] == 1 and pooled["budget"]["workers"] == 2
-    for key in ("sets", "comparison"):
-        assert pooled[key] == one[key]
-    assert pooled["external"] == one["external"]
-
-
 def test_training_is_deterministic_for_a_seed():
     x, y = squares(8, seed=5)
     preds = [predict(train_classifier(x, y, 3, arch="small_cnn", epochs=1, batch_size=8, seed=3, progress=False,

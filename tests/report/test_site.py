@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from improve_lib.core.errors import StudyInputError
-from improve_lib.report import site
+from improve_lib.report import browser, site
 from improve_lib.runs.cli import main
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
@@ -78,3 +78,23 @@ def test_the_site_never_replaces_a_folder_with_the_users_files(smoke_synthetic_r
         site.build_site(smoke_synthetic_run, smoke_synthetic_run / "site")
     with pytest.raises(StudyInputError, match="not a run folder"):
         site.build_site(tmp_path, tmp_path / "elsewhere")
+
+
+@pytest.mark.skipif(browser.chromium_path() is None, reason="no Chromium on this machine (apt-get install chromium; "
+                    ".ci/run installs it)")
+def test_every_page_loads_in_headless_chromium(smoke_synthetic_run, tmp_path):
+    """The sites of the smoke run and of results/ham10000, opened page by page in headless Chromium: no page, image
+    or link that fails to load, no console error; the landing page's screenshot is written; a broken page is caught."""
+    from PIL import Image
+
+    site.build_site(smoke_synthetic_run, tmp_path / "run_site")
+    assert browser.check_pages(tmp_path / "run_site") == []
+    shot = tmp_path / "landing.png"
+    assert main(["report", str(RESULTS / "ham10000"), "--out", str(tmp_path / "results_site"), "--check",
+                 "--screenshot", str(shot)]) == 0
+    assert Image.open(shot).size == (browser.SCREENSHOT["width"], browser.SCREENSHOT["height"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "index.html").write_text("<img src='missing.png'><a href='gone.html'>x</a><script>console.error('boom')</script>")
+    problems = "\n".join(browser.check_pages(bad))
+    assert "missing.png" in problems and "gone.html" in problems and "boom" in problems
