@@ -48,6 +48,34 @@ def test_tensorboard_event_files_hold_the_loss_of_loss_csv(run, one_thread):
 
 
 @pytest.mark.slow
+def test_the_smoke_profile_trained_with_tensorboard_and_mlflow(smoke_synthetic_run, tmp_path, monkeypatch):
+    """The smoke profile's own training config, as notebook 04 wrote it in the shared smoke run, trained again in a
+    copy of that run with each tracker: the curves read back equal loss.csv."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for name in ("tensorboard", "mlflow"):
+        run = tmp_path / name
+        shutil.copytree(smoke_synthetic_run, run, ignore=shutil.ignore_patterns("models", "samples", "trackers"))
+        config = yaml.safe_load((run_layout.arm_dir(smoke_synthetic_run, ARM) / "config.yaml").read_text())
+        train({**config, "RUN_DIR": str(run), "PROGRESS": False, "REPORT_TO": name})
+        losses = _loss_csv(run)
+        if name == "tensorboard":
+            events = EventAccumulator(str(run_layout.trackers_dir(run, name) / ARM), size_guidance={"scalars": 0})
+            events.Reload()
+            logged = [(e.step, e.value) for e in events.Scalars("loss")]
+        else:
+            client = MlflowClient(run_layout.trackers_dir(run, name).resolve().as_uri())
+            (arm_run,) = client.search_runs([client.get_experiment_by_name(run.name).experiment_id])
+            logged = sorted((m.step, m.value) for m in client.get_metric_history(arm_run.info.run_id, "loss"))
+        assert [s for s, _ in logged] == losses["step"].tolist() and len(logged) == config["MAX_STEPS"]
+        assert [v for _, v in logged] == pytest.approx(losses["loss"].tolist(), rel=1e-5)
+
+
+@pytest.mark.slow
 def test_mlflow_file_store_holds_the_loss_and_a_resumed_arm_goes_on_in_its_run(run, one_thread, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
