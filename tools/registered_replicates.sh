@@ -14,7 +14,8 @@ DATA=${2:-../shared/data}
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 PY=.venv/bin/python
-sweep() { "$PY" -m improve_lib sweep --profile laptop --no-progress --no-compare "$@"; }
+# ARM_SCHEDULE=in_turn: the protocol the first replicates ran with (the laptop profile now trains the arms side by side)
+sweep() { "$PY" -m improve_lib sweep --profile laptop --no-progress --no-compare --set ARM_SCHEDULE=in_turn "$@"; }
 seeds=""
 for s in 3 4 5 6 7 8 9 10; do
   seeds="${seeds:+$seeds,}$s"
