@@ -49,7 +49,7 @@ def launch(config_path: str | os.PathLike, num_processes: int = 1, port: int | N
     cfg = train.resolve_config(config_path)
     n = as_int(num_processes, "NUM_PROCESSES")
     gpus = machine.gpu_count()
-    use_cpu = gpus == 0 if cfg["CPU"] == "auto" else cfg["CPU"]
+    use_cpu = _on_cpu(cfg, gpus)
     limit, what = (machine.usable_cpus(), "usable CPU cores") if use_cpu else (gpus, "CUDA devices")
     if not 1 <= n <= limit:
         raise StudyInputError(f"NUM_PROCESSES={n} must be between 1 and the {limit} {what} of this machine")
@@ -57,6 +57,11 @@ def launch(config_path: str | os.PathLike, num_processes: int = 1, port: int | N
         train.train(str(config_path))
         return
     notebook_launcher(train.train, args=(str(config_path),), num_processes=n, use_port=str(port or machine.free_port()))
+
+
+def _on_cpu(cfg: Mapping, gpus: int) -> bool:
+    """Whether a training config runs on the CPU here: its ``CPU`` setting, or ``auto`` and no GPU counted."""
+    return gpus == 0 if cfg["CPU"] == "auto" else cfg["CPU"]
 
 
 def train_arms(configs: Mapping[str, str | os.PathLike], num_processes: int = 1, schedule: str = "in_turn") -> dict[str, float]:
@@ -95,7 +100,7 @@ def launch_concurrently(configs: Mapping[str, str | os.PathLike], data_shards: i
     selector = selectors.DefaultSelector()
     try:
         for i, (arm, path) in enumerate(paths.items()):
-            use_cpu = gpus == 0 if cfgs[arm]["CPU"] == "auto" else cfgs[arm]["CPU"]
+            use_cpu = _on_cpu(cfgs[arm], gpus)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if not use_cpu and gpus:
                 visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",") if v]

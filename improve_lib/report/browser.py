@@ -22,7 +22,8 @@ from improve_lib.core.errors import StudyInputError
 # Chromium's own connections (updates, sync, field trials) fail on a closed network, many at a time
 CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic")
-SCREENSHOT = {"width": 1200, "height": 1500}  # the landing page's first screen: question, verdict, forest plot
+# the viewport of every page, and the screenshot: the landing page's first screen (question, verdict, forest plot)
+SCREENSHOT = {"width": 1200, "height": 1500}
 _BROKEN_IMAGES = "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
 _LOCAL_LINKS = ("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
                 ".filter(h => h.startsWith('file:'))")
@@ -62,7 +63,7 @@ def check_pages(site_dir: str | Path, screenshot: str | Path | None = None) -> l
     with _sync_playwright() as p:
         browser = _launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page = browser.new_page(viewport=SCREENSHOT)
             where = {"page": ""}
             page.on("console", lambda m: problems.append(f"{where['page']}: console {m.type}: {m.text}")
                     if m.type == "error" else None)
@@ -81,7 +82,6 @@ def check_pages(site_dir: str | Path, screenshot: str | Path | None = None) -> l
                     if not target.is_file():
                         problems.append(f"{rel}: link to a missing file {href}")
             if screenshot is not None:
-                page.set_viewport_size(SCREENSHOT)
                 page.goto((root / "index.html").as_uri(), wait_until="load")
                 Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot))
