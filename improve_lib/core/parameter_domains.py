@@ -23,7 +23,7 @@ INF = math.inf
 NUMBERS: dict[str, tuple[float, float, bool, bool]] = {
     # 01
     "RESOLUTION": (8, 1024, False, False), "N_TRAIN": (1, 1_000_000, False, False),
-    "N_TEST": (0, 1_000_000, False, False), "MIN_PER_CLASS": (1, 1_000_000, False, False),
+    "N_TEST": (0, 1_000_000, False, False), "N_VALIDATION": (0, 1_000_000, False, False), "MIN_PER_CLASS": (1, 1_000_000, False, False),
     "SEED": (0, 2**32 - 1, False, False), "SPLIT_SEED": (0, 2**32 - 1, False, False),
     # 02-03
     "EMBED_BATCH_SIZE": (1, 4096, False, False), "K": (1, 1000, False, False), "GAMMA": (0, INF, True, True),

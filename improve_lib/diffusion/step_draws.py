@@ -49,6 +49,26 @@ def shard_draws(batches: BatchIndices, seed: int, step: int, shard: int, world: 
             torch.rand(batch, 2, generator=g) < 0.5)
 
 
+def quarter_turns(seed: int, step: int, shard: int, batch: int) -> torch.Tensor:
+    """Shard ``shard``'s quarter turns (0-3 per image) at ``step`` (ROT90), from a stream of their own, so that
+    runs without them draw exactly what they drew before the option existed."""
+    g = torch.Generator().manual_seed(step_seed(seed, shard, step, 5))
+    return torch.randint(0, 4, (batch,), generator=g)
+
+
+def orient(x: torch.Tensor, flips: torch.Tensor | None, turns: torch.Tensor | None) -> torch.Tensor:
+    """Images ``x`` [B, C, H, W] flipped left-right and up-down where ``flips`` [B, 2] says so, then turned by
+    ``turns`` [B] quarter turns (square images): together the 8 orientations of the square, none of which
+    changes what a cell or a lesion is."""
+    if flips is not None:
+        x = torch.where(flips[:, 0, None, None, None], x.flip(-1), x)
+        x = torch.where(flips[:, 1, None, None, None], x.flip(-2), x)
+    if turns is not None:
+        for k in (1, 2, 3):
+            x = torch.where((turns == k)[:, None, None, None], x.rot90(k, dims=(-2, -1)), x)
+    return x
+
+
 def seed_globals(seed: int, shard: int, step: int) -> None:
     """Seed torch's (dropout masks), Python's and numpy's global generators for ``step`` of the process whose first
     shard is ``shard``: unused draws too are saved in checkpoints, so a rerun writes the same bytes."""

@@ -56,7 +56,7 @@ ARMS = ("prototype", "baseline")
 TRAIN_KEYS = ("CLASS_EMBEDDING_MAP", "FREEZE_PROTOTYPES", "P_UNCOND", "LR", "WEIGHT_DECAY", "WARMUP_STEPS",
               "LR_SCHEDULE", "GRAD_CLIP", "EMA_DECAY", "MIXED_PRECISION", "MAX_STEPS", "EPOCHS", "BATCH_SIZE",
               "NUM_TRAIN_TIMESTEPS", "BETA_SCHEDULE", "PREDICTION_TYPE", "SNR_GAMMA", "ZERO_TERMINAL_SNR",
-              "INPUT_NORMALIZATION", "FLIP", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_EVERY", "SAMPLE_STEPS",
+              "INPUT_NORMALIZATION", "FLIP", "ROT90", "CHECKPOINT_EVERY", "KEEP_CHECKPOINTS", "SAMPLE_EVERY", "SAMPLE_STEPS",
               "SAMPLE_PER_CLASS", "PREVIEW_GUIDANCE_SCALE")
 # How to run, not what is computed: optional, with these values when absent.
 # DATA_SHARDS: the optimizer step's batch is DATA_SHARDS shards of BATCH_SIZE images, each drawn as one rank of a
@@ -119,7 +119,7 @@ def resolve_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, A
     for key in _OPTIONAL_INTS:
         cfg[key] = None if cfg[key] is None else as_int(cfg[key], key)
     parameter_domains.check_domains({k: cfg[k] for k in _FLOATS + _INTS + _OPTIONAL_INTS}, "training config: ")
-    for key in ("FREEZE_PROTOTYPES", "FLIP", "PROGRESS"):
+    for key in ("FREEZE_PROTOTYPES", "FLIP", "ROT90", "PROGRESS"):
         cfg[key] = as_bool(cfg[key], key)
     if cfg["CPU"] != "auto":
         cfg["CPU"] = as_bool(cfg["CPU"], "CPU")
@@ -255,9 +255,9 @@ class TrainingRun:
         idx, t, noise, drop, flips = (fast_path.to_device(torch.cat(parts) if len(parts) > 1 else parts[0], self.device)
                                       for parts in zip(*shards))  # no host wait on a GPU
         x0 = training_objective.to_model(self.images[idx].float().div(127.5).sub(1.0), self.input_mean, self.input_std)
-        if cfg["FLIP"]:
-            x0 = torch.where(flips[:, 0, None, None, None], x0.flip(-1), x0)
-            x0 = torch.where(flips[:, 1, None, None, None], x0.flip(-2), x0)
+        if cfg["FLIP"] or cfg["ROT90"]:  # each shard's own turns, so one process replays several
+            turns = torch.cat([step_draws.quarter_turns(cfg["SEED"], step, s, cfg["BATCH_SIZE"]) for s in self.shards])
+            x0 = step_draws.orient(x0, flips if cfg["FLIP"] else None, turns.to(self.device) if cfg["ROT90"] else None)
         y = torch.where(drop, torch.full_like(idx, self.num_classes), self.labels[idx])
         xt = self.scheduler.add_noise(x0, noise, t)
         lr = training_objective.lr_at(cfg, step, self.total)

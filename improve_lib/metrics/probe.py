@@ -31,13 +31,15 @@ TEST = "real test"
 
 def embedded_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[str], n_per_class: int,
                   resolution: int, encoder: Encoder, cache_dir=None, batch_size: int = 32,
-                  progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Vectors and labels of the real test and training images (resized like the samples,
+                  progress: bool = True, eval_split: str = "test") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Vectors and labels of the real held-out and training images (resized like the samples,
     :func:`fidelity.resized_real`) and of each arm's samples, keyed ``"real test"``, ``"real train"``, arm;
-    embedded through the cache (a second call runs no encoder forward)."""
+    embedded through the cache (a second call runs no encoder forward). ``"real test"`` holds the run's
+    ``eval_split`` images: ``test`` (the verdict's) or ``validation`` (where a recipe is chosen, notebook 06's EVAL_SPLIT)."""
     vectors, labels = {}, {}
     for name in (TEST, "real train", *arms):
-        t = (fidelity.resized_real(run_dir, name.split()[1], resolution) if name.startswith("real")
+        split = eval_split if name == TEST else "train"
+        t = (fidelity.resized_real(run_dir, split, resolution) if name.startswith("real")
              else sample.read_samples(run_dir, name, list(class_names), n_per_class))
         vectors[name] = embeddings.embed_paths(t.path, encoder, cache_dir, batch_size=batch_size, progress=progress)
         labels[name] = t.label.to_numpy()

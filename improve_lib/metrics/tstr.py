@@ -43,6 +43,7 @@ from improve_lib.conditioning import efficientnet_lite0
 from improve_lib.core import input_checks, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import load_state_dict_file
+from improve_lib.core.values import one_of
 from improve_lib.diffusion import sample
 from improve_lib.metrics import scores
 
@@ -57,6 +58,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TABLE_ORDER = ("baseline", "prototype", "real")
 METRICS = ("precision", "recall", "f1")
+# the real images the classifiers are scored on: the test split is the verdict's; the validation split (carved from
+# the training images by notebook 01's N_VALIDATION) is where a recipe is chosen, so choosing never sees the test split
+EVAL_SPLITS = ("test", "validation")
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -389,17 +393,29 @@ def classifier_label(budget: Mapping) -> str:
     return f"{arch}, trained from scratch"
 
 
+def check_eval_split(eval_split: str, n_validation: int | None) -> None:
+    """``EVAL_SPLIT`` (notebook 06) is ``test`` or ``validation``, the latter only where notebook 01 carved one
+    (``N_VALIDATION`` >= 1): checked before a run starts."""
+    one_of(eval_split, "EVAL_SPLIT", EVAL_SPLITS)
+    if eval_split == "validation" and not n_validation:
+        raise StudyInputError("EVAL_SPLIT='validation' needs validation images: set N_VALIDATION >= 1 (notebook 01 "
+                              "carves them from the training images)")
+
+
 def train_sets(run_dir: str | Path, arms: Sequence[str], class_names: Sequence[str], n_per_class: int,
-               resolution: int) -> tuple[dict, tuple]:
-    """``({name: (images, labels)} for each arm and "real", (test_images, test_labels))``.
+               resolution: int, eval_split: str = "test") -> tuple[dict, tuple]:
+    """``({name: (images, labels)} for each arm and "real", (held_out_images, held_out_labels))``.
 
     Generated images come from ``samples/<arm>/`` (checked: every class, at least ``n_per_class``);
-    the real training and test images from the run's split, at the run's resolution.
+    the real training images and the held-out ``eval_split`` images (``test``: the verdict's; ``validation``:
+    where recipes are chosen) from the run's split, at the run's resolution.
     """
+    one_of(eval_split, "EVAL_SPLIT", EVAL_SPLITS)
     table = data.read_split(run_dir)
-    test = table[table.split == "test"]
+    test = table[table.split == eval_split]
     if test.empty:
-        raise StudyInputError(f"{run_layout.split_csv(run_dir)} has no test images: set N_TEST >= 1 in notebook 01")
+        raise StudyInputError(f"{run_layout.split_csv(run_dir)} has no {eval_split} images: set "
+                              f"{'N_TEST' if eval_split == 'test' else 'N_VALIDATION'} >= 1 in notebook 01")
     sets = {}
     for arm in arms:
         t = sample.read_samples(run_dir, arm, class_names, n_per_class)

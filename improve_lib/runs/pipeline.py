@@ -63,6 +63,8 @@ def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
     train.resolve_config({**p, "RUN_DIR": str(REPO), "ARM": train.ARMS[0]})
     sample.sampler_settings(p)
     tstr.check_budget(p["CLASSIFIER"], p["EVAL_EPOCHS"], p["EVAL_BATCH_SIZE"], p["EVAL_LR"], p["N_BOOT"], p["EVAL_SEEDS"])
+    data.check_validation(p["N_TRAIN"], p.get("N_VALIDATION") or 0)
+    tstr.check_eval_split(p.get("EVAL_SPLIT", "test"), p.get("N_VALIDATION") or 0)
     arms = p.get("ARMS")
     if not arms or not set(arms) <= set(train.ARMS) or len(set(arms)) != len(arms):
         raise StudyInputError(f"ARMS={arms!r}: expected one or both of {list(train.ARMS)}, each once")
@@ -84,7 +86,8 @@ def preflight(params: dict[str, Any]) -> None:
         split = data.build_split(params["DATASET"], src, "/nonexistent-preflight", int(params["N_TRAIN"]),
                                  int(params["N_TEST"]), int(data.split_seed(params["SEED"], params.get("SPLIT_SEED"))),
                                  params.get("CLASSES"),
-                                 int(params.get("MIN_PER_CLASS", 1)), int(params.get("RESOLUTION", 64)), verify=True)
+                                 int(params.get("MIN_PER_CLASS", 1)), int(params.get("RESOLUTION", 64)), verify=True,
+                                 n_validation=int(params.get("N_VALIDATION") or 0))
     if params.get("EXTERNAL_TEST_DIR"):  # notebook 06's external test: refused now if it overlaps the split
         if split is None:
             raise StudyInputError(f"EXTERNAL_TEST_DIR is read for {list(external.SUPPORTED)}, not DATASET={params['DATASET']}")

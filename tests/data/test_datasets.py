@@ -171,3 +171,37 @@ def test_missing_data_dir_and_unknown_dataset(tmp_path):
 def test_read_split_says_what_to_run(tmp_path):
     with pytest.raises(StudyInputError, match="01_explore_data"):
         data.read_split(tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["ham10000", "bone_marrow"])
+def test_validation_is_carved_from_the_training_images(dataset, ham_dir, bm_dir, tmp_path):
+    """N_VALIDATION holds out whole groups of the very images N_VALIDATION=0 trains on: the test split is
+    unchanged (the verdict's images), train + validation is the old train side, no group is on two sides."""
+    src = ham_dir if dataset == "ham10000" else bm_dir
+    plain = build_split(dataset, src, tmp_path, 100, 50, seed=3, min_per_class=20, verify=False)
+    held = build_split(dataset, src, tmp_path, 100, 50, seed=3, min_per_class=20, verify=False, n_validation=20)
+    a, b = plain.table, held.table
+    assert set(a.split) == {"train", "test"} and set(b.split) == {"train", "validation", "test"}
+    pd.testing.assert_frame_equal(a[a.split == "test"].reset_index(drop=True), b[b.split == "test"].reset_index(drop=True))
+    assert set(a.loc[a.split == "train", "path"]) == set(b.loc[b.split != "test", "path"])
+    sides = {s: set(b.loc[b.split == s, "group"]) for s in ("train", "validation", "test")}
+    assert not (sides["train"] & sides["validation"] or sides["validation"] & sides["test"] or sides["train"] & sides["test"])
+    per_class = b[b.split == "validation"].groupby("class_name").size()
+    assert per_class.le(20).all() and per_class.ge(15).all(), per_class  # whole groups, never overshooting 20
+    summary = held.summary.set_index("class_name")
+    assert (summary["validation"] == per_class).all() and (summary["validation_wanted"] == 20).all()
+    assert (summary["train"] + summary["validation"] == plain.summary.set_index("class_name")["train"]).all()
+
+
+def test_validation_must_leave_training_images(ham_dir, tmp_path):
+    for n in (-1, 100):
+        with pytest.raises(StudyInputError, match="N_VALIDATION"):
+            build_split("ham10000", ham_dir, tmp_path, 100, 50, seed=3, verify=False, n_validation=n)
+
+
+def test_synthetic_validation_split_is_written_and_read_back(tmp_path):
+    r = build_split("synthetic", None, tmp_path, 12, 4, seed=0, resolution=32, n_validation=3)
+    data.write_split(r, tmp_path)
+    t = data.read_split(tmp_path)
+    assert t.groupby(["split", "class_name"]).size().unstack(0)[["train", "validation", "test"]].eq([9, 3, 4]).all().all()
+    assert list(t.split.drop_duplicates()) == ["train", "validation", "test"]

@@ -163,3 +163,24 @@ def test_mixed_precision_auto_follows_the_hardware(monkeypatch):
     assert machine.mixed_precision("auto", use_cpu=True) == "bf16"
     assert machine.mixed_precision("no", use_cpu=True) == "no"
     assert "AMX" in machine.cpu_capability()
+
+
+def test_orientations_are_the_eight_symmetries_of_the_square():
+    from improve_lib.diffusion import step_draws
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert torch.equal(step_draws.orient(x, None, None), x)
+    seen = set()
+    for lr in (False, True):
+        for ud in (False, True):
+            for k in range(4):
+                flips, turns = torch.tensor([[lr, ud], [False, False]]), torch.tensor([k, 0])
+                y = step_draws.orient(x, flips, turns)
+                want = x[0].flip(-1) if lr else x[0]
+                want = (want.flip(-2) if ud else want).rot90(k, dims=(-2, -1))
+                assert torch.equal(y[0], want) and torch.equal(y[1], x[1])  # per image, the second left alone
+                seen.add(tuple(y[0, 0].flatten().tolist()))
+    assert len(seen) == 8  # 16 combinations, 8 distinct orientations
+    turns = step_draws.quarter_turns(3, 7, 1, 64)
+    assert torch.equal(turns, step_draws.quarter_turns(3, 7, 1, 64)) and set(turns.tolist()) == {0, 1, 2, 3}
+    assert not torch.equal(turns, step_draws.quarter_turns(3, 7, 0, 64))  # each shard its own turns

@@ -436,3 +436,17 @@ def test_the_training_config_checks_the_one_domain_table(tmp_path):
                 train_module.resolve_config(tiny_config(tmp_path, **{key: bad}))
     assert train_module.resolve_config(tiny_config(tmp_path, GRAD_CLIP=0))["GRAD_CLIP"] == 0
     assert parameter_domains.check_domains({"GRAD_CLIP": 0.0})
+
+
+def test_quarter_turns_reach_the_batch_and_the_saved_config(tmp_path):
+    """ROT90 changes what the step trains on (the loss of the same draws differs) and is a recipe key of the
+    saved config and of resuming."""
+    from improve_lib.diffusion.train import RESUME_KEYS, train
+
+    losses = {}
+    for rot in (False, True):
+        run = make_run(tmp_path / f"rot{rot}")
+        train(tiny_config(run, "baseline", MAX_STEPS=2, ROT90=rot))
+        losses[rot] = pd.read_csv(run / "models" / "baseline" / "loss.csv")["loss"].tolist()
+        assert load_trained(run, "baseline", ema=False)[2]["ROT90"] is rot
+    assert losses[False] != losses[True] and "ROT90" in RESUME_KEYS

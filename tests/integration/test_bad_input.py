@@ -26,6 +26,9 @@ from improve_lib.runs import pipeline
     ({"PREDICTION_TYPE": "noise"}, "PREDICTION_TYPE"),
     ({"ZERO_TERMINAL_SNR": True, "PREDICTION_TYPE": "epsilon"}, "ZERO_TERMINAL_SNR.*PREDICTION_TYPE"),
     ({"ENCODER": "open_clip:ViT-B-32:missing/weights.safetensors"}, "ENCODER.*not found"),
+    ({"EVAL_SPLIT": "validation"}, "EVAL_SPLIT='validation' needs validation images: set N_VALIDATION"),
+    ({"EVAL_SPLIT": "train"}, "EVAL_SPLIT must be one of"),
+    ({"N_VALIDATION": 1000}, "N_VALIDATION must be >= 0 and below N_TRAIN"),
 ])
 def test_a_bad_value_fails_before_the_run_folder_exists(tmp_path, sets, match, finished_run):
     with pytest.raises(StudyInputError, match=match):
