@@ -6,7 +6,8 @@ copy check), the tables of TSTR, fidelity and objective plausibility, ``prototyp
 input and output hashes, notebook times), ``params.yaml``, and the sample grids of notebook 05. No
 checkpoint and no image of a dataset is copied. ``COMMAND.md`` holds the command that made the sweep.
 For the paper's datasets ``SUMMARY.md`` puts the numbers over seeds in the layout of the paper's Tables
-3-6, the paper's beside them (:func:`summary_markdown`, written from the copied files only).
+3-6, the paper's beside them (:func:`summary_markdown`, written from the copied files only); a sweep over a
+grid (a screening) gets none, its runs differ in settings and notebook 08's table compares them.
 
 :func:`verify` is the check a test runs on every committed folder: every run has its files, and every
 copied output still hashes to what its run's manifest recorded (so no number was edited by hand).
@@ -73,8 +74,8 @@ def write_results(sweep_dir: str | Path, out_dir: str | Path, command: str) -> P
                 if (run / fig).is_file():
                     _copy(run / fig, tmp / "runs" / run.name / Path(fig).name)
         atomic_write_text(tmp / "COMMAND.md", f"# How these results were made\n\n```bash\n{command}\n```\n")
-        if _dataset(tmp) in paper_tables.paper_datasets():
-            write_summary(tmp)
+        if _dataset(tmp) in paper_tables.paper_datasets() and not _grid(tmp):
+            write_summary(tmp)  # replicates of one recipe; a grid's runs differ in settings: 08's table compares them
         verify(tmp)
     return out_dir
 
@@ -126,6 +127,11 @@ ARMS = ("baseline", "prototype", "real")
 def _dataset(out_dir: Path) -> str | None:
     path = Path(out_dir) / "sweep.yaml"
     return (yaml.safe_load(path.read_text()) or {}).get("dataset") if path.is_file() else None
+
+
+def _grid(out_dir: Path) -> dict:
+    path = Path(out_dir) / "sweep.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("grid") or {} if path.is_file() else {}
 
 
 def _cell(values, digits: int = 1, signed: bool = False, percent: bool = False) -> str:

@@ -12,7 +12,8 @@ import pytest
 from improve_lib.core.errors import StudyInputError
 from improve_lib.report import results_folder
 
-COMMITTED = sorted(p for p in (Path(__file__).resolve().parents[2] / "results").glob("*") if (p / "COMMAND.md").is_file())
+# results/<name>/ or, for a study over datasets, results/<name>/<dataset>/
+COMMITTED = sorted(p.parent for p in (Path(__file__).resolve().parents[2] / "results").rglob("COMMAND.md"))
 
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.name)

@@ -1,0 +1,124 @@
+"""The real-data recipe screening (``params/ablations/recipe_real.yaml``) as one table and one sample figure per dataset.
+
+    python tools/screening_table.py SWEEP_DIR [SWEEP_DIR ...] --out results/recipe_screening_real
+
+Each SWEEP_DIR is a finished sweep of the preset (one dataset, notebook 08 rendered). Per variant it reads 08's
+``comparison/summary.csv``: TSTR macro F1 of each arm and of the real images, all scored on the validation split
+(notebook 06's EVAL_SPLIT; a sweep scored on the test split is refused, the test split is the verdict's), the gap
+(real minus the better arm) and its change against the reference variant, KID, PRDC recall and coverage per arm.
+Writes ``<out>/table.md`` (all datasets) and ``<out>/<dataset>_samples.png``: real validation images beside each
+variant's samples, per class, at the run's resolution. Nothing of the dataset is copied but those few images,
+as the sample grids the runs already hold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from improve_lib import data
+from improve_lib.core.errors import StudyInputError
+from improve_lib.core.files import atomic_path, atomic_write_text
+from improve_lib.diffusion import sample
+from improve_lib.report import figures
+
+ARMS = ("baseline", "prototype")
+METRICS = (("KID", "KID", 2), ("recall %", "recall", 1), ("coverage %", "coverage", 1), ("precision %", "precision", 1))
+
+
+def _mean(summary: pd.DataFrame, variant: str, metric: str, arm: str) -> float:
+    row = summary[(summary["RECIPE"] == variant) & (summary["metric"] == metric) & (summary["arm"] == arm)]
+    return float(row["mean"].iloc[0]) if len(row) else float("nan")
+
+
+def _runs(sweep: Path) -> pd.DataFrame:
+    runs = pd.read_csv(sweep / "runs.csv", dtype=str)
+    return runs[runs["status"].str.startswith(("done", "skipped"))]
+
+
+def check_validation_split(sweep: Path) -> None:
+    """Every run of ``sweep`` scored on its validation split (the choice never sees the test split)."""
+    for name in _runs(sweep)["run"]:
+        metrics = json.loads((sweep / name / "metrics" / "metrics.json").read_text())
+        if metrics.get("eval_split") != "validation":
+            raise StudyInputError(f"{sweep / name}: scored on the {metrics.get('eval_split', 'test')} split; a recipe "
+                                  f"is chosen on the validation split (N_VALIDATION >= 1, EVAL_SPLIT validation)")
+
+
+def dataset_table(sweep: Path, reference: str) -> tuple[str, pd.DataFrame]:
+    """``(dataset, one row per variant)`` from a finished screening sweep."""
+    spec = yaml.safe_load((sweep / "sweep.yaml").read_text())
+    variants = list((spec.get("grid") or {}).get("RECIPE") or [])
+    if reference not in variants:
+        raise StudyInputError(f"{sweep}/sweep.yaml: no variant {reference!r} to compare against (variants: {variants})")
+    check_validation_split(sweep)
+    summary = pd.read_csv(sweep / "comparison" / "summary.csv")
+    rows = []
+    for v in variants:
+        f1 = {arm: _mean(summary, v, "TSTR macro F1 %", arm) for arm in (*ARMS, "real")}
+        row = {"variant": v, "seeds": int(summary.loc[summary["RECIPE"] == v, "n"].max()),
+               **{f"F1 {k}": f1[k] for k in f1}, "gap": f1["real"] - max(f1[a] for a in ARMS)}
+        for metric, short, _ in METRICS:
+            row.update({f"{short} {arm}": _mean(summary, v, metric, arm) for arm in ARMS})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.insert(table.columns.get_loc("gap") + 1, "gap change",
+                 table["gap"] - table.loc[table["variant"] == reference, "gap"].iloc[0])
+    return spec.get("dataset"), table
+
+
+def markdown(dataset: str, table: pd.DataFrame) -> str:
+    """The table a README shows: F1 per arm and real, the gap and its change, then fidelity as baseline / prototype."""
+    head = ("| variant | TSTR F1 baseline | prototype | real | gap (real − better arm) | gap change |"
+            + "".join(f" {m} (b / p) |" for m, _, _ in METRICS))
+    lines = [f"**{dataset}** (validation split, {int(table['seeds'].max())} seed(s))", "", head,
+             "|" + "---|" * (6 + len(METRICS))]
+    for r in table.to_dict("records"):
+        cells = [r["variant"], *(f"{r[k]:.1f}" for k in ("F1 baseline", "F1 prototype", "F1 real", "gap")),
+                 f"{r['gap change']:+.1f}"]
+        cells += [f"{r[f'{s} baseline']:.{d}f} / {r[f'{s} prototype']:.{d}f}" for _, s, d in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sample_figure(sweep: Path, per_class: int = 2):
+    """Real validation images, then each variant's samples of both arms, ``per_class`` per class."""
+    runs = _runs(sweep)
+    first = sweep / runs["run"].iloc[0]
+    params = yaml.safe_load((first / "params.yaml").read_text())
+    table = data.read_split(first)
+    class_names = data.class_names_of(table)
+    held = table[table.split == "validation"]
+    real = [data.load_image(p, int(params["RESOLUTION"])) for c in class_names
+            for p in held.loc[held.class_name == c, "path"].head(per_class)]
+    rows, labels = [real], ["real (validation)"]
+    for run, variant in zip(runs["run"], runs["RECIPE"]):
+        for arm in ARMS:
+            t = sample.read_samples(sweep / run, arm, class_names, per_class)
+            rows.append([p for c in class_names for p in t.loc[t.class_name == c, "path"].head(per_class)])
+            labels.append(f"{variant}: {arm}")
+    return figures.image_grid(rows, labels, title=f"{params['DATASET']}: {per_class} per class, "
+                              f"classes {', '.join(class_names)}", cell_inches=0.55)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweeps", nargs="+", type=Path, help="finished screening sweep folders, one per dataset")
+    ap.add_argument("--out", type=Path, required=True, help="folder for table.md and the sample figures")
+    ap.add_argument("--reference", default="laptop", help="the variant the gap change is measured against")
+    args = ap.parse_args(argv)
+    parts = []
+    for sweep in args.sweeps:
+        dataset, table = dataset_table(sweep, args.reference)
+        parts.append(markdown(dataset, table))
+        with atomic_path(args.out / f"{dataset}_samples.png") as tmp:
+            sample_figure(sweep).savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    atomic_write_text(args.out / "table.md", "\n".join(parts))
+    print("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
