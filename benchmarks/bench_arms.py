@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from improve_lib.core import machine  # noqa: E402
 from improve_lib.core.notebook_parameters import notebook_defaults  # noqa: E402
-from improve_lib.diffusion.launch import ARM_SCHEDULES, train_arms  # noqa: E402
+from improve_lib.diffusion.launch import ARM_SCHEDULES, arm_settings, train_arms  # noqa: E402
 
 COPIED = ("data", "embeddings", "prototypes", "params.yaml")  # what notebook 04 reads of a run
 
 
 def arm_configs(run_dir: Path, params: dict, folder: Path, steps: int, precision: str) -> dict[str, Path]:
     """Notebook 04's config of each arm for ``run_dir``: the run's parameters, ``steps`` steps, no checkpoints."""
-    keys = set(notebook_defaults("04")) - {"ARMS", "NUM_PROCESSES", "ARM_SCHEDULE"}
-    base = {k: params[k] for k in keys if k in params}
+    keys = set(notebook_defaults("04"))  # of the run's parameters, notebook 04's
+    base = {k: v for k, v in arm_settings(params).items() if k in keys}
     base.update(RUN_DIR=str(run_dir), MAX_STEPS=steps, EPOCHS=None, CHECKPOINT_EVERY=10 ** 8, SAMPLE_EVERY=0,
                 PROGRESS=False, MIXED_PRECISION=precision)
     paths = {}

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from accelerate import notebook_launcher
 from tqdm.auto import tqdm
@@ -29,7 +29,15 @@ from improve_lib.diffusion import train
 
 #: notebook 04's ARM_SCHEDULE: one arm after the other (each on NUM_PROCESSES processes), or all at once
 ARM_SCHEDULES = ("in_turn", "concurrent")
+# notebook 04's parameters that say how the arms are launched, not what an arm trains: not in an arm's config
+LAUNCH_KEYS = ("ARMS", "NUM_PROCESSES", "ARM_SCHEDULE")
 _BAR = re.compile(r"^train (\S+?):.*?(\d+)/(\d+)")  # a tqdm update of train._train's bar
+
+
+def arm_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What every arm's training config takes of ``params`` (notebook 04's globals, or a run's params.yaml): the
+    upper-case keys but :data:`LAUNCH_KEYS` (keys of other notebooks are ignored by the training)."""
+    return {k: v for k, v in params.items() if k.isupper() and k not in LAUNCH_KEYS}
 
 
 def launch(config_path: str | os.PathLike, num_processes: int = 1, port: int | None = None) -> None:
