@@ -138,9 +138,10 @@ def build_split(dataset: str, data_dir: str | Path | None, run_dir: str | Path, 
         raise StudyInputError(f"{dataset}: no images found for class(es) {missing} in {src}")
     no_train = summary.loc[summary["train"] < 1, ["class_name", "images", "test"]]
     if len(no_train):
+        held = f" and N_VALIDATION={n_validation} validation" if n_validation else ""
         raise StudyInputError(f"{dataset}: class(es) {list(no_train['class_name'])} have no training image left after "
-                              f"N_TEST={n_test} test images ({no_train.to_dict('records')}); lower N_TEST or leave the "
-                              f"class out with CLASSES")
+                              f"N_TEST={n_test} test{held} images ({no_train.to_dict('records')}); lower N_TEST"
+                              f"{' or N_VALIDATION' if n_validation else ''} or leave the class out with CLASSES")
     table = finalise(selected, class_names)
     if verify:
         verify_images(table["path"])

@@ -197,6 +197,10 @@ def test_validation_must_leave_training_images(ham_dir, tmp_path):
     for n in (-1, 100):
         with pytest.raises(StudyInputError, match="N_VALIDATION"):
             build_split("ham10000", ham_dir, tmp_path, 100, 50, seed=3, verify=False, n_validation=n)
+    # a short class (df: 65 images left after 50 test images) can be carved whole: named, with what to lower
+    with pytest.raises(StudyInputError, match=r"'df'.* have no training image left after N_TEST=50 test and "
+                                              r"N_VALIDATION=70 validation images.*lower N_TEST or N_VALIDATION"):
+        build_split("ham10000", ham_dir, tmp_path, 100, 50, seed=3, verify=False, n_validation=70)
 
 
 def test_synthetic_validation_split_is_written_and_read_back(tmp_path):
