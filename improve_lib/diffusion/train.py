@@ -255,9 +255,9 @@ class TrainingRun:
         idx, t, noise, drop, flips = (fast_path.to_device(torch.cat(parts) if len(parts) > 1 else parts[0], self.device)
                                       for parts in zip(*shards))  # no host wait on a GPU
         x0 = training_objective.to_model(self.images[idx].float().div(127.5).sub(1.0), self.input_mean, self.input_std)
-        if cfg["FLIP"] or cfg["ROT90"]:  # each shard's own turns, so one process replays several
-            turns = torch.cat([step_draws.quarter_turns(cfg["SEED"], step, s, cfg["BATCH_SIZE"]) for s in self.shards])
-            x0 = step_draws.orient(x0, flips if cfg["FLIP"] else None, turns.to(self.device) if cfg["ROT90"] else None)
+        turns = (torch.cat([step_draws.quarter_turns(cfg["SEED"], step, s, cfg["BATCH_SIZE"]) for s in self.shards])
+                 .to(self.device) if cfg["ROT90"] else None)  # each shard's own turns, so one process replays several
+        x0 = step_draws.orient(x0, flips if cfg["FLIP"] else None, turns)
         y = torch.where(drop, torch.full_like(idx, self.num_classes), self.labels[idx])
         xt = self.scheduler.add_noise(x0, noise, t)
         lr = training_objective.lr_at(cfg, step, self.total)

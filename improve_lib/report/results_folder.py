@@ -74,7 +74,7 @@ def write_results(sweep_dir: str | Path, out_dir: str | Path, command: str) -> P
                 if (run / fig).is_file():
                     _copy(run / fig, tmp / "runs" / run.name / Path(fig).name)
         atomic_write_text(tmp / "COMMAND.md", f"# How these results were made\n\n```bash\n{command}\n```\n")
-        if _dataset(tmp) in paper_tables.paper_datasets() and not _grid(tmp):
+        if _dataset(tmp) in paper_tables.paper_datasets() and not _sweep_spec(tmp).get("grid"):
             write_summary(tmp)  # replicates of one recipe; a grid's runs differ in settings: 08's table compares them
         verify(tmp)
     return out_dir
@@ -124,14 +124,14 @@ SUMMARY = "SUMMARY.md"
 ARMS = ("baseline", "prototype", "real")
 
 
+def _sweep_spec(out_dir: Path) -> dict:
+    """The folder's sweep.yaml (empty when it has none)."""
+    path = Path(out_dir) / "sweep.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
 def _dataset(out_dir: Path) -> str | None:
-    path = Path(out_dir) / "sweep.yaml"
-    return (yaml.safe_load(path.read_text()) or {}).get("dataset") if path.is_file() else None
-
-
-def _grid(out_dir: Path) -> dict:
-    path = Path(out_dir) / "sweep.yaml"
-    return (yaml.safe_load(path.read_text()) or {}).get("grid") or {} if path.is_file() else {}
+    return _sweep_spec(out_dir).get("dataset")
 
 
 def _cell(values, digits: int = 1, signed: bool = False, percent: bool = False) -> str:
