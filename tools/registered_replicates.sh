@@ -35,3 +35,9 @@ for ds in ham10000 bone_marrow; do
   sweep --dataset "$ds" --data-dir "$DATA/$ds" --seeds 3,4 --set MIXED_PRECISION=no --sweep-dir "$SWEEPS/prereg-$ds-fp32"
 done
 echo "=== $(date -u +%FT%TZ) all done"
+# Then, per dataset, condense into results/<dataset>/ with the check runs beside the replicates (SUMMARY.md reads
+# them for the registered split/training variance and the precision check):
+#   python -m improve_lib compare SWEEPS/prereg-DS
+#   python -m improve_lib results SWEEPS/prereg-DS results/DS --command "..." \
+#       --check SWEEPS/prereg-DS-split3 --check SWEEPS/prereg-DS-split4 --check SWEEPS/prereg-DS-fp32
+#   python tools/probe_replicates.py SWEEPS/prereg-DS results/DS/probe.csv   # then results_folder.write_summary

@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -27,7 +28,7 @@ from improve_lib.core import folders, manifest
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_text, sha256_file
 from improve_lib.metrics import paper_tables
-from improve_lib.report import verdict
+from improve_lib.report import registered_checks, verdict
 from improve_lib.report.comparison import MIN_SEEDS_FOR_A_CLAIM, seed_claim, t_interval
 
 # per run: (file in the run folder, name in the results folder); outputs the manifest hashed
@@ -42,42 +43,66 @@ RUN_FIGURES = ("figures/01_image_grid.png", "figures/05_samples_prototype.png", 
                "figures/05_tone_prototype.png", "figures/05_tone_baseline.png")
 SWEEP_FILES = ("runs.csv", "sweep.yaml", "comparison/table.md", "comparison/summary.csv", "comparison/verdict.md",
                "comparison/comparison.png")
+# a check sweep's own files: its runs are what the registered checks read (a comparison of them says nothing)
+CHECKS, CHECK_FILES = "checks", ("runs.csv", "sweep.yaml")
 
 
-def write_results(sweep_dir: str | Path, out_dir: str | Path, command: str) -> Path:
+def write_results(sweep_dir: str | Path, out_dir: str | Path, command: str, checks: Sequence[str | Path] = ()) -> Path:
     """Copy a finished sweep's evidence into ``out_dir`` (created, or replaced when this tool wrote all of it;
     refused, before any copying, when it holds other files).
-    Only the sweep's runs (``runs.csv``) that reached notebook 06 are taken; ``command`` is written to ``COMMAND.md``. Returns ``out_dir``."""
+    Only the sweep's runs (``runs.csv``) that reached notebook 06 are taken; ``command`` is written to ``COMMAND.md``.
+    ``checks``: sweeps of the registration's check runs (a second training seed on a replicate's split, another
+    training precision: :mod:`improve_lib.report.registered_checks`), copied the same way under
+    ``checks/<sweep folder name>/``. Returns ``out_dir``."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
-    missing = [f for f in SWEEP_FILES if not (sweep_dir / f).is_file()]
-    if missing:
-        raise StudyInputError(f"{sweep_dir}: {missing} missing; render notebook 08 (python -m improve_lib compare DIR)")
-    # the sweep's own runs (runs.csv), not a run folder that only lent its upstream notebooks to them
-    names = pd.read_csv(sweep_dir / "runs.csv", dtype=str)["run"].tolist()
-    outputs = {n: manifest.load(sweep_dir / n).get("outputs", {}) for n in sorted(names)
-               if (sweep_dir / n / manifest.MANIFEST).is_file()}
-    runs = [sweep_dir / n for n, recorded in outputs.items() if all(src in recorded for src, _ in RUN_FILES)]
-    if not runs:
-        raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
+    runs = _finished_runs(sweep_dir, SWEEP_FILES)
+    checked = {Path(c).name: _finished_runs(Path(c), CHECK_FILES) for c in checks}
+    if len(checked) != len(checks):
+        raise StudyInputError(f"checks: two check sweeps share a folder name ({', '.join(str(c) for c in checks)})")
     # built beside out_dir and swapped in only once verified: a failure leaves out_dir as it was
     with folders.building(out_dir, "python -m improve_lib results") as tmp:
         for rel in SWEEP_FILES:
             _copy(sweep_dir / rel, tmp / rel)
         for run in runs:
-            for src, dst in RUN_FILES:
-                _copy(run / src, tmp / "runs" / run.name / dst)
-            for src, dst in RUN_TABLES:
-                if (run / src).is_file() and src in outputs[run.name]:
-                    _copy(run / src, tmp / "runs" / run.name / dst)
-            _copy(run / manifest.MANIFEST, tmp / "runs" / run.name / manifest.MANIFEST)
-            for fig in RUN_FIGURES:
-                if (run / fig).is_file():
-                    _copy(run / fig, tmp / "runs" / run.name / Path(fig).name)
+            _copy_run(run, tmp / "runs" / run.name)
+        for name, check_runs in checked.items():
+            for rel in CHECK_FILES:
+                _copy(check_runs[0].parent / rel, tmp / CHECKS / name / rel)
+            for run in check_runs:
+                _copy_run(run, tmp / CHECKS / name / "runs" / run.name)
         atomic_write_text(tmp / "COMMAND.md", f"# How these results were made\n\n```bash\n{command}\n```\n")
         if _dataset(tmp) in paper_tables.paper_datasets() and not _sweep_spec(tmp).get("grid"):
             write_summary(tmp)  # replicates of one recipe; a grid's runs differ in settings: 08's table compares them
         verify(tmp)
     return out_dir
+
+
+def _finished_runs(sweep_dir: Path, needed: Sequence[str]) -> list[Path]:
+    """The sweep's own runs (``runs.csv``) that reached notebook 06, after checking it has the files ``needed``."""
+    missing = [f for f in needed if not (sweep_dir / f).is_file()]
+    if missing:
+        raise StudyInputError(f"{sweep_dir}: {missing} missing; render notebook 08 (python -m improve_lib compare DIR)")
+    # the sweep's own runs (runs.csv), not a run folder that only lent its upstream notebooks to them
+    names = pd.read_csv(sweep_dir / "runs.csv", dtype=str)["run"].tolist()
+    runs = [sweep_dir / n for n in sorted(names) if (sweep_dir / n / manifest.MANIFEST).is_file()
+            and all(src in manifest.load(sweep_dir / n).get("outputs", {}) for src, _ in RUN_FILES)]
+    if not runs:
+        raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
+    return runs
+
+
+def _copy_run(run: Path, dst: Path) -> None:
+    """A run's files that the results folder keeps (outputs only where its manifest recorded them)."""
+    recorded = manifest.load(run).get("outputs", {})
+    for src, name in RUN_FILES:
+        _copy(run / src, dst / name)
+    for src, name in RUN_TABLES:
+        if (run / src).is_file() and src in recorded:
+            _copy(run / src, dst / name)
+    _copy(run / manifest.MANIFEST, dst / manifest.MANIFEST)
+    for fig in RUN_FIGURES:
+        if (run / fig).is_file():
+            _copy(run / fig, dst / Path(fig).name)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -93,10 +118,15 @@ def verify(out_dir: str | Path) -> list[str]:
     missing = [f for f in (*SWEEP_FILES, "COMMAND.md") if not (out_dir / f).is_file()]
     if missing:
         raise StudyInputError(f"{out_dir}: missing {missing}")
-    runs = sorted(p for p in (out_dir / "runs").iterdir() if p.is_dir()) if (out_dir / "runs").is_dir() else []
+    runs = _run_dirs(out_dir)
     if not runs:
         raise StudyInputError(f"{out_dir}: no runs/")
-    for run in runs:
+    checks = sorted(p for p in (out_dir / CHECKS).iterdir()) if (out_dir / CHECKS).is_dir() else []
+    for check in checks:
+        missing = [f for f in CHECK_FILES if not (check / f).is_file()]
+        if missing or not _run_dirs(check):
+            raise StudyInputError(f"{check}: missing {missing or 'runs/'}")
+    for run in runs + [r for check in checks for r in _run_dirs(check)]:
         recorded = manifest.load(run).get("outputs", {})
         for (src, dst), required in [(f, True) for f in RUN_FILES] + [(f, False) for f in RUN_TABLES]:
             path = run / dst
@@ -112,6 +142,10 @@ def verify(out_dir: str | Path) -> list[str]:
     if verdict.registered(_seed_of(r) for r in runs) and not (out_dir / FOREST).is_file():
         raise StudyInputError(f"{out_dir}: {FOREST} missing (a pre-registered folder's forest plot: write_summary writes it)")
     return [r.name for r in runs]
+
+
+def _run_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() else []
 
 
 def _seed_of(run: Path):
@@ -152,7 +186,7 @@ def _p(p: float) -> str:
 
 def _read_runs(out_dir: Path) -> list[dict]:
     runs = []
-    for run in sorted(p for p in (out_dir / "runs").iterdir() if p.is_dir()):
+    for run in _run_dirs(out_dir):
         m = manifest.load(run)
         tables = {name: pd.read_csv(run / f"{name}.csv") for name in
                   ("tstr", "fidelity", "objective_plausibility", "copy_check", "tstr_per_class_f1", "probe")
@@ -164,6 +198,7 @@ def _read_runs(out_dir: Path) -> list[dict]:
                      "precision": "/".join(sorted(set((trained.get("mixed_precision") or {}).values()))) or "-",
                      "cpu": "/".join(sorted(set((trained.get("cpu_capability") or {}).values()))) or "-",
                      "commit": (m.get("git") or {}).get("commit", "")[:7],
+                     "split": m.get("outputs", {}).get("data/split.csv"),
                      "comparison": (metrics.get("tstr") or {}).get("comparison"),
                      "external": ((metrics.get("tstr") or {}).get("external") or {}).get("external"),
                      "seconds": sum(float(st.get("seconds") or 0) for st in stages.values()),
@@ -199,7 +234,7 @@ def summary_markdown(out_dir: str | Path) -> str:
              "(`(n=1)`: one replicate, no interval). Written by `improve_lib.report.results_folder.summary_markdown` from this "
              "folder's files; a test checks it.", ""]
     if registered:
-        lines += _registered_section(runs, dataset)
+        lines += _registered_section(out_dir, runs, dataset)
     lines += ["## Train on synthetic, test on real (the paper's Tables 5 and 6)", ""]
     per = [r["tables"]["tstr"].set_index("training_set") for r in runs if "tstr" in r["tables"]]
     rows = []
@@ -258,11 +293,12 @@ def _differences(runs: list[dict]) -> pd.DataFrame:
         c = r["comparison"] or {}
         rows.append({"seed": r["seed"], "diff": t.loc["prototype", "f1_mean"] - t.loc["baseline", "f1_mean"],
                      "low": 100 * c.get("low", math.nan), "high": 100 * c.get("high", math.nan),
-                     "precision": r["precision"], "cpu": r["cpu"], "commit": r["commit"]})
-    return pd.DataFrame(rows, columns=["seed", "diff", "low", "high", "precision", "cpu", "commit"])
+                     "precision": r["precision"], "cpu": r["cpu"], "commit": r["commit"],
+                     "split_seed": r["params"].get("SPLIT_SEED"), "split": r["split"]})
+    return pd.DataFrame(rows, columns=["seed", "diff", "low", "high", "precision", "cpu", "commit", "split_seed", "split"])
 
 
-def _registered_section(runs: list[dict], dataset: str) -> list[str]:
+def _registered_section(out_dir: Path, runs: list[dict], dataset: str) -> list[str]:
     """The analysis of ``results/PREREGISTRATION.md``: test, TOST, words, per-class differences, forest plot,
     precision per replicate and the power the spread seen gives."""
     d = _differences(runs)
@@ -294,6 +330,9 @@ def _registered_section(runs: list[dict], dataset: str) -> list[str]:
             sub = verdict.verdict(g["diff"].tolist(), planned=len(g))
             lines.append(f"- {prec}: n = {sub.n}, {f(sub.mean)} [{f(sub.low)}, {f(sub.high)}], p = {_p(sub.p)}")
         lines.append("")
+    checks = [_differences(_read_runs(c)) for c in sorted((out_dir / CHECKS).iterdir())] if (out_dir / CHECKS).is_dir() else []
+    if checks:
+        lines += registered_checks.summary_lines(d, pd.concat(checks, ignore_index=True)[registered_checks.COLUMNS])
     lines += _probe_lines(runs, d) + _external_lines(runs)
     per_class = [r["tables"]["tstr_per_class_f1"] for r in runs if "tstr_per_class_f1" in r["tables"]]
     if per_class:

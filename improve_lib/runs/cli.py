@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("sweep_dir", help="a folder written by `sweep`, compared (notebook 08)")
     e.add_argument("out_dir", help="e.g. results/recipe_ablation")
     e.add_argument("--command", dest="made_by", required=True, help="the command that made the sweep, written to COMMAND.md")
+    e.add_argument("--check", dest="checks", action="append", default=[], metavar="SWEEP_DIR",
+                   help="a sweep of the registration's check runs (second training seed on a replicate's split, "
+                        "another training precision), kept under checks/ and read by SUMMARY.md; repeatable")
 
     w = sub.add_parser("report", help="a static web site of a run, sweep or results folder (opens from disk)")
     w.add_argument("path", help="a run folder, a sweep folder or a results folder")
@@ -114,7 +117,8 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "results":
-        return _report("results", lambda: results_folder.write_results(args.sweep_dir, args.out_dir, args.made_by))
+        return _report("results", lambda: results_folder.write_results(args.sweep_dir, args.out_dir, args.made_by,
+                                                                       checks=args.checks))
     if args.command == "export":
         return _report("pipeline folder",
                        lambda: checkpoint_export.export_checkpoint(args.run_dir, args.arm, args.step, args.out))

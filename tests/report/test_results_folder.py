@@ -128,8 +128,10 @@ def test_registered_replicates_ran_after_the_registration_was_committed():
         pytest.skip("no whole git history here (an exported tree or a shallow clone): the ancestry cannot be read")
     added = git("log", "--diff-filter=A", "--format=%H", "--", verdict.PREREGISTRATION).stdout.split()
     assert added, f"{verdict.PREREGISTRATION} was never committed"
+    # the replicates, and every check run the registration asked for (checks/<sweep>/runs/, any seed)
     registered = [run for folder in COMMITTED for run in sorted((folder / "runs").glob("*/manifest.json"))
                   if (json.loads(run.read_text()).get("sweep") or {}).get("seed") in verdict.PREREGISTERED_SEEDS]
+    registered += [run for folder in COMMITTED for run in sorted(folder.glob(f"{results_folder.CHECKS}/*/runs/*/manifest.json"))]
     for run in registered:
         commit = json.loads(run.read_text())["git"]["commit"]
         assert commit != added[-1], f"{run}: ran at the registration's own commit"
