@@ -26,16 +26,19 @@ COLUMNS = ["seed", "diff", "precision", "split_seed", "split"]
 PRECISION_NAMES = {"no": "fp32"}  # the manifest records accelerate's mixed_precision setting; "no" trains in fp32
 
 
-def pair_checks(replicates: pd.DataFrame, checks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def pair_checks(replicates: pd.DataFrame, checks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                                                         pd.DataFrame]:
     """Pair each check run with its replicate. Both frames hold :data:`COLUMNS` (``diff`` in points,
     ``split_seed`` NaN when unset, ``split`` the sha256 of the run's ``data/split.csv``).
 
-    Returns ``(splits, precisions, unpaired)``: per split, the replicate's Δ (``diff``) and the second
+    Returns ``(splits, precisions, repeats, unpaired)``: per split, the replicate's Δ (``diff``) and the second
     training seed's (``second_seed``, ``diff_second``); per precision check, the replicate's Δ and precision
-    and the check's (``other_precision``, ``diff_other``); check runs that pair with no replicate. A run that
-    claims a replicate's split but holds another split is an error (the decomposition would be wrong)."""
+    and the check's (``other_precision``, ``diff_other``); per rerun of a replicate as it was (same seed, split
+    and precision, e.g. notebook 06 again with an external test set), both Δ (``diff``, ``diff_repeat``); check
+    runs that pair with no replicate. A run that claims a replicate's split but holds another split is an error
+    (the decomposition would be wrong)."""
     by_seed = replicates.set_index("seed")
-    splits, precisions, unpaired = [], [], []
+    splits, precisions, repeats, unpaired = [], [], [], []
     for row in checks.itertuples(index=False):
         split_seed = None if pd.isna(row.split_seed) else int(row.split_seed)
         own = split_seed if split_seed is not None else int(row.seed)
@@ -54,10 +57,10 @@ def pair_checks(replicates: pd.DataFrame, checks: pd.DataFrame) -> tuple[pd.Data
             precisions.append({"seed": own, "precision": rep["precision"], "diff": rep["diff"],
                                "other_precision": row.precision, "diff_other": row.diff})
         else:
-            unpaired.append(row._asdict())  # the replicate itself again: nothing to compare
+            repeats.append({"seed": own, "diff": rep["diff"], "diff_repeat": row.diff})
     return (pd.DataFrame(splits, columns=["split_seed", "diff", "second_seed", "diff_second"]),
             pd.DataFrame(precisions, columns=["seed", "precision", "diff", "other_precision", "diff_other"]),
-            pd.DataFrame(unpaired, columns=COLUMNS))
+            pd.DataFrame(repeats, columns=["seed", "diff", "diff_repeat"]), pd.DataFrame(unpaired, columns=COLUMNS))
 
 
 def variance_components(differences, splits: pd.DataFrame) -> dict:
@@ -81,7 +84,7 @@ def summary_lines(replicates: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
     """SUMMARY.md's paragraphs on the two registered checks (empty when the folder has no check runs)."""
     if checks.empty:
         return []
-    splits, precisions, unpaired = pair_checks(replicates, checks)
+    splits, precisions, repeats, unpaired = pair_checks(replicates, checks)
     f = "{:+.1f}".format
     lines = []
     if len(splits):
@@ -102,6 +105,11 @@ def summary_lines(replicates: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
         interval = f" [{f(low)}, {f(high)}]" if not math.isnan(low) else ""
         lines += [f"**Training precision** (registered check): {per}. Change of Δ {f(mean)}{interval} points "
                   f"(largest {max(abs(c) for c in change):.1f}) against an sd of Δ over the replicates of {sd:.2f}.", ""]
+    if len(repeats):
+        change = (repeats["diff_repeat"] - repeats["diff"]).abs()
+        lines += [f"**Replicates rerun as they were** (same seed, split and precision, e.g. notebook 06 again with an "
+                  f"external test set): Δ reproduced to 0.01 points in {int((change < 0.01).sum())} of {len(repeats)} "
+                  f"(largest change {change.max():.2f}).", ""]
     if len(unpaired):
         lines += ["Check runs that pair with no replicate (not used): " + ", ".join(
             f"SEED={int(u.seed)}" + ("" if pd.isna(u.split_seed) else f" SPLIT_SEED={int(u.split_seed)}")

@@ -330,10 +330,13 @@ def _registered_section(out_dir: Path, runs: list[dict], dataset: str) -> list[s
             sub = verdict.verdict(g["diff"].tolist(), planned=len(g))
             lines.append(f"- {prec}: n = {sub.n}, {f(sub.mean)} [{f(sub.low)}, {f(sub.high)}], p = {_p(sub.p)}")
         lines.append("")
-    checks = [_differences(_read_runs(c)) for c in sorted((out_dir / CHECKS).iterdir())] if (out_dir / CHECKS).is_dir() else []
-    if checks:
-        lines += registered_checks.summary_lines(d, pd.concat(checks, ignore_index=True)[registered_checks.COLUMNS])
-    lines += _probe_lines(runs, d) + _external_lines(runs)
+    check_runs = [_read_runs(c) for c in sorted((out_dir / CHECKS).iterdir())] if (out_dir / CHECKS).is_dir() else []
+    if check_runs:
+        found = pd.concat([_differences(c) for c in check_runs], ignore_index=True)
+        lines += registered_checks.summary_lines(d, found[registered_checks.COLUMNS])
+    # the external test set's scores: the replicates' own, or those of their reruns with EXTERNAL_TEST_DIR
+    external = runs if any(r["external"] for r in runs) else [r for c in check_runs for r in c if r["external"]]
+    lines += _probe_lines(runs, d) + _external_lines(external)
     per_class = [r["tables"]["tstr_per_class_f1"] for r in runs if "tstr_per_class_f1" in r["tables"]]
     if per_class:
         pc = verdict.per_class_differences(per_class)

@@ -48,16 +48,18 @@ def test_check_runs_pair_by_their_parameters_and_their_split():
     reps = frame([(3, 1.0, "bf16", None, "a"), (4, -2.0, "bf16", None, "b"), (5, 0.5, "bf16", None, "c")])
     checks = frame([(1003, 2.0, "bf16", 3, "a"), (3, 1.5, "no", None, "a"), (99, 0.0, "bf16", None, "z"),
                     (4, -2.0, "bf16", None, "b")])
-    splits, precisions, unpaired = rc.pair_checks(reps, checks)
+    splits, precisions, repeats, unpaired = rc.pair_checks(reps, checks)
     assert splits.to_dict("records") == [{"split_seed": 3, "diff": 1.0, "second_seed": 1003, "diff_second": 2.0}]
     assert precisions.to_dict("records") == [{"seed": 3, "precision": "bf16", "diff": 1.0, "other_precision": "no",
                                               "diff_other": 1.5}]
-    assert sorted(unpaired["seed"]) == [4, 99]  # the replicate itself again pairs with nothing
+    assert repeats.to_dict("records") == [{"seed": 4, "diff": -2.0, "diff_repeat": -2.0}]  # the replicate rerun
+    assert unpaired["seed"].tolist() == [99]
     with pytest.raises(StudyInputError, match="SPLIT_SEED=4: its data/split.csv differs from replicate 4's"):
         rc.pair_checks(reps, frame([(1004, 0.0, "bf16", 4, "other")]))
     text = "\n".join(rc.summary_lines(reps, checks))
     assert "split 3: +1.0 (seed 3) and +2.0 (seed 1003)" in text and "training accounts for an sd of 0.71" in text
     assert "seed 3: bf16 +1.0, fp32 +1.5. Change of Δ +0.5 points" in text and "SEED=99" in text
+    assert "reproduced to 0.01 points in 1 of 1 (largest change 0.00)" in text
     assert rc.summary_lines(reps, frame([])) == []
 
 
@@ -84,6 +86,12 @@ def _as_sweep(results: Path, runs: dict[str, dict], out: Path) -> Path:
             t.loc[t["training_set"] == "prototype", "f1_mean"] = change["prototype_f1"]
             t.to_csv(dst / "tables/tstr.csv", index=False)
             m["outputs"]["tables/tstr.csv"] = sha256_file(dst / "tables/tstr.csv")
+        if "external" in change:  # notebook 06 rerun with EXTERNAL_TEST_DIR: its metrics.json says so
+            metrics = json.loads((dst / "metrics/metrics.json").read_text())
+            metrics["tstr"]["external"] = {"external": {"sets": {k: {"mean": {"f1": v}}
+                                                                 for k, v in change["external"].items()}}}
+            (dst / "metrics/metrics.json").write_text(json.dumps(metrics))
+            m["outputs"]["metrics/metrics.json"] = sha256_file(dst / "metrics/metrics.json")
         (dst / "manifest.json").write_text(json.dumps(m))
         params = yaml.safe_load((dst / "params.yaml").read_text())
         params.update(change.get("params", {}))
@@ -102,8 +110,12 @@ def test_check_sweeps_travel_in_the_results_folder_and_reach_the_summary(tmp_pat
                                            "prototype_f1": 45.0}}, tmp_path / "sweeps" / "prereg-split3")
     fp32 = _as_sweep(pilot, {"seed4": {"from": "seed1", "seed": 4, "precision": "no", "prototype_f1": 50.0}},
                      tmp_path / "sweeps" / "prereg-fp32")
-    out = results_folder.write_results(main, tmp_path / "results" / "ham10000", "cmd", checks=[split, fp32])
-    assert sorted(p.name for p in (out / "checks").iterdir()) == ["prereg-fp32", "prereg-split3"]
+    rerun = _as_sweep(pilot, {"seed5": {"from": "seed2", "seed": 5,
+                                        "external": {"prototype": 0.40, "baseline": 0.37, "real": 0.5}}},
+                      tmp_path / "sweeps" / "prereg-external")
+    assert "**On the external test set**" not in (pilot / results_folder.SUMMARY).read_text()
+    out = results_folder.write_results(main, tmp_path / "results" / "ham10000", "cmd", checks=[split, fp32, rerun])
+    assert sorted(p.name for p in (out / "checks").iterdir()) == ["prereg-external", "prereg-fp32", "prereg-split3"]
     assert results_folder.verify(out) == ["seed3", "seed4", "seed5"]
     text = (out / results_folder.SUMMARY).read_text()
     base0 = pd.read_csv(pilot / "runs/seed0/tstr.csv").set_index("training_set")["f1_mean"]
@@ -113,6 +125,9 @@ def test_check_sweeps_travel_in_the_results_folder_and_reach_the_summary(tmp_pat
     change = 50.0 - base1["prototype"]
     assert f"seed 4: bf16 {base1['prototype'] - base1['baseline']:+.1f}, fp32 {50.0 - base1['baseline']:+.1f}" in text
     assert f"Change of Δ {change:+.1f} points" in text and not math.isnan(change)
+    # the rerun with an external test set: its Δ on the test split is the replicate's, its external scores are shown
+    assert "reproduced to 0.01 points in 1 of 1" in text
+    assert "**On the external test set**" in text and "macro F1 +3.0 over 1 replicate(s)" in text
     edited = out / "checks/prereg-split3/runs/seed1003/tstr.csv"  # a check run's number edited by hand is caught
     edited.write_text(edited.read_text().replace("4", "5", 1))
     with pytest.raises(StudyInputError, match="sha256 differs"):
