@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -84,7 +85,7 @@ def _finished_runs(sweep_dir: Path, needed: Sequence[str]) -> list[Path]:
         raise StudyInputError(f"{sweep_dir}: {missing} missing; render notebook 08 (python -m improve_lib compare DIR)")
     # the sweep's own runs (runs.csv), not a run folder that only lent its upstream notebooks to them
     names = pd.read_csv(sweep_dir / "runs.csv", dtype=str)["run"].tolist()
-    runs = [sweep_dir / n for n in sorted(names) if (sweep_dir / n / manifest.MANIFEST).is_file()
+    runs = [sweep_dir / n for n in sorted(names, key=_natural) if (sweep_dir / n / manifest.MANIFEST).is_file()
             and all(src in manifest.load(sweep_dir / n).get("outputs", {}) for src, _ in RUN_FILES)]
     if not runs:
         raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
@@ -144,8 +145,14 @@ def verify(out_dir: str | Path) -> list[str]:
     return [r.name for r in runs]
 
 
+def _natural(name: str) -> list:
+    """Sort key that puts seed9 before seed10 (numbers compared as numbers)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _run_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() else []
+    runs = [p for p in (folder / "runs").iterdir() if p.is_dir()] if (folder / "runs").is_dir() else []
+    return sorted(runs, key=lambda p: _natural(p.name))
 
 
 def _seed_of(run: Path):
@@ -419,9 +426,13 @@ def _plausibility_section(runs: list[dict], dataset: str) -> list[str]:
             if expert:
                 row[f"expert {arm} % (paper)"] = (expert[arm] if cls == "mean" else
                                                   expert.get("per_class", {}).get(cls, {}).get(arm, ""))
-        reasons = [f"seed {r['seed']}: {t.loc[cls, 'reason']}" for r, t in zip(scored, tabs) if "reason" in t.columns
-                   and cls in t.index and isinstance(t.loc[cls, "reason"], str) and t.loc[cls, "reason"]]
-        row["not scored because"] = "; ".join(reasons) if row["baseline %"] == "-" else ""
+        # one entry per kind of reason with its seeds (the rates behind each are in that run's calibration table)
+        reasons: dict[str, list] = {}
+        for r, t in zip(scored, tabs):
+            if "reason" in t.columns and cls in t.index and isinstance(t.loc[cls, "reason"], str) and t.loc[cls, "reason"]:
+                reasons.setdefault(t.loc[cls, "reason"].split(":")[0], []).append(str(r["seed"]))
+        row["not scored because"] = ("; ".join(f"{why} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})"
+                                               for why, seeds in reasons.items()) if row["baseline %"] == "-" else "")
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table["not scored because"].any():
