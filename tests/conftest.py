@@ -50,6 +50,19 @@ def _require(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def load_tool():
+    """A script of tools/ imported as a module by its name (tools/ is not a package): ``load_tool("probe_replicates")``."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
+
+
+@pytest.fixture(scope="session")
 def ham_dir() -> Path:
     """The HAM10000 development subset (../shared/data/ham10000)."""
     return _require(SHARED_DATA / "ham10000")

@@ -34,23 +34,17 @@ from tqdm.auto import tqdm  # noqa: E402
 from improve_lib.core import folders  # noqa: E402
 from improve_lib.core.errors import StudyInputError  # noqa: E402
 from improve_lib.core.files import atomic_write_text, sha256_file  # noqa: E402
-from improve_lib.data import bone_marrow, external, ham10000  # noqa: E402
+from improve_lib.data import external, ham10000  # noqa: E402
 
 MANIFEST = "external_manifest.csv"
 
 
 def read_all(dataset: str, folder: Path) -> pd.DataFrame:
-    """Every image of ``folder`` with its class and group (HAM10000: lesion_id; Bone Marrow: the image)."""
+    """Every image of ``folder`` with its class and group (HAM10000: lesion_id; Bone Marrow: the image), read as
+    notebook 06 reads an ``EXTERNAL_TEST_DIR``."""
     if not folder.is_dir():
         raise StudyInputError(f"{folder} does not exist or is not a folder")
-    if dataset == "ham10000":
-        pool, _ = ham10000.read_pool(folder, None)
-        return pool
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes:
-        raise StudyInputError(f"{folder}: no class folder (Bone Marrow's layout: one folder per class)")
-    pool, _, _ = bone_marrow.read_pool(folder, classes, 1)
-    return pool
+    return external.read_folder(dataset, folder)[0]
 
 
 def candidates(dataset: str, source: pd.DataFrame, excluded: pd.DataFrame, progress: bool = True) -> pd.DataFrame:

@@ -32,13 +32,15 @@ class ExternalTest:
     input_files: list[Path] = field(default_factory=list)
 
 
-def _pool(dataset: str, folder: Path) -> tuple[pd.DataFrame, list[Path]]:
+def read_folder(dataset: str, folder: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """Every image of ``folder`` in ``dataset``'s own layout, read by the dataset's reader (``path``,
+    ``class_name``, ``group``: HAM10000's lesion_id, Bone Marrow's image), and the metadata files read."""
     if dataset == "ham10000":
         pool, _ = ham10000.read_pool(folder, None)
         return pool, [folder / ham10000.METADATA]
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
-        raise StudyInputError(f"EXTERNAL_TEST_DIR {folder}: no class folder (Bone Marrow's layout: one folder per class)")
+        raise StudyInputError(f"Bone Marrow: {folder} has no class folder (the layout: one folder per class)")
     pool, _, _ = bone_marrow.read_pool(folder, classes, 1)
     return pool, []
 
@@ -52,7 +54,7 @@ def external_test(dataset: str, external_dir, split: pd.DataFrame, class_names: 
     folder = Path(external_dir).expanduser().resolve()
     if not folder.is_dir():
         raise StudyInputError(f"EXTERNAL_TEST_DIR {folder} does not exist or is not a folder")
-    pool, inputs = _pool(dataset, folder)
+    pool, inputs = read_folder(dataset, folder)
     counts = pool["class_name"].value_counts()
     left_out = {str(c): int(n) for c, n in counts.items() if c not in class_names}
     pool = pool[pool["class_name"].isin(class_names)].reset_index(drop=True)

@@ -122,7 +122,7 @@ def verify(out_dir: str | Path) -> list[str]:
     runs = _run_dirs(out_dir)
     if not runs:
         raise StudyInputError(f"{out_dir}: no runs/")
-    checks = sorted(p for p in (out_dir / CHECKS).iterdir()) if (out_dir / CHECKS).is_dir() else []
+    checks = _check_dirs(out_dir)
     for check in checks:
         missing = [f for f in CHECK_FILES if not (check / f).is_file()]
         if missing or not _run_dirs(check):
@@ -153,6 +153,11 @@ def _natural(name: str) -> list:
 def _run_dirs(folder: Path) -> list[Path]:
     runs = [p for p in (folder / "runs").iterdir() if p.is_dir()] if (folder / "runs").is_dir() else []
     return sorted(runs, key=lambda p: _natural(p.name))
+
+
+def _check_dirs(out_dir: Path) -> list[Path]:
+    """The check sweeps kept under ``checks/`` (:func:`write_results`'s ``checks``)."""
+    return sorted((out_dir / CHECKS).iterdir()) if (out_dir / CHECKS).is_dir() else []
 
 
 def _seed_of(run: Path):
@@ -337,7 +342,7 @@ def _registered_section(out_dir: Path, runs: list[dict], dataset: str) -> list[s
             sub = verdict.verdict(g["diff"].tolist(), planned=len(g))
             lines.append(f"- {prec}: n = {sub.n}, {f(sub.mean)} [{f(sub.low)}, {f(sub.high)}], p = {_p(sub.p)}")
         lines.append("")
-    check_runs = [_read_runs(c) for c in sorted((out_dir / CHECKS).iterdir())] if (out_dir / CHECKS).is_dir() else []
+    check_runs = [_read_runs(c) for c in _check_dirs(out_dir)]
     if check_runs:
         found = pd.concat([_differences(c) for c in check_runs], ignore_index=True)
         lines += registered_checks.summary_lines(d, found[registered_checks.COLUMNS])

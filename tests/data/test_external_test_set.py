@@ -2,7 +2,6 @@
 file name or lesion, draws one image per lesion, and is accepted by notebook 06's reader."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,15 +11,10 @@ import pytest
 from improve_lib import data
 from improve_lib.core.files import sha256_file
 
-PATH = Path(__file__).resolve().parents[2] / "tools" / "external_test_set.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("external_test_set", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("external_test_set")
 
 
 def _split(folder: Path, dataset: str, tool) -> pd.DataFrame:

@@ -1,9 +1,7 @@
 """The registered second instrument: a logistic-regression probe on encoder features (improve_lib.metrics.probe)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,13 +29,10 @@ def test_probe_scores_a_separable_set_high_and_shuffled_labels_near_chance():
     pd.testing.assert_frame_equal(again, table.reset_index())
 
 
-def test_the_tool_gives_the_notebooks_probe_for_a_finished_run(smoke_synthetic_run):
+def test_the_tool_gives_the_notebooks_probe_for_a_finished_run(smoke_synthetic_run, load_tool):
     """Notebook 06 writes the probe into metrics.json; tools/probe_replicates.py recomputes it from the run's files
     (for runs made before the probe cell) and must agree."""
-    path = Path(__file__).resolve().parents[2] / "tools" / "probe_replicates.py"
-    spec = importlib.util.spec_from_file_location("probe_replicates", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("probe_replicates")
     written = pd.DataFrame(json.loads((smoke_synthetic_run / "metrics" / "metrics.json").read_text())["probe"])
     assert list(written["training_set"]) == ["real", "baseline", "prototype"]
     again = tool.probe_run(smoke_synthetic_run)

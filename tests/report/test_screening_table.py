@@ -1,7 +1,6 @@
 """tools/screening_table.py: the screening's gap to real images per variant, and its refusal of the test split."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,10 @@ import yaml
 
 from improve_lib.core.errors import StudyInputError
 
-PATH = Path(__file__).resolve().parents[2] / "tools" / "screening_table.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("screening_table", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("screening_table")
 
 
 def _sweep(root: Path, eval_split: str = "validation") -> Path:
