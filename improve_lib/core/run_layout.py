@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from pathlib import Path
 
 DATA, EMBEDDINGS, PROTOTYPES, MODELS, SAMPLES = "data", "embeddings", "prototypes", "models", "samples"
@@ -39,6 +40,12 @@ TOOL_FILES = (f"{DATA}/*", f"{EMBEDDINGS}/*", f"{PROTOTYPES}/*", f"{MODELS}/*", 
 #: ``data/split.csv`` relative to the run folder.
 SPLIT_CSV = Path(DATA) / "split.csv"
 FINAL = "final"  # a trained arm's diffusers pipeline folder
+
+
+def natural_key(name: str) -> list:
+    """Sort key that compares the numbers in a name as numbers: ``seed9`` before ``seed10``, ``9.png`` before
+    ``10.png`` (sweeps name runs ``seed<N>``, notebook 05 names samples ``<N>.png``)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
 
 
 def relative_to_run(path, run_dir) -> str:

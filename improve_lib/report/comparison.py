@@ -89,7 +89,8 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     spec_path = sweep_dir / "sweep.yaml"
     if spec_path.is_file():  # the grid's own order (manifests store keys sorted)
         grid_keys = list((yaml.safe_load(spec_path.read_text()) or {}).get("grid") or {})
-    for run_dir in sorted(p for p in sweep_dir.iterdir() if (p / manifest.MANIFEST).is_file()):
+    for run_dir in sorted((p for p in sweep_dir.iterdir() if (p / manifest.MANIFEST).is_file()),
+                          key=lambda p: run_layout.natural_key(p.name)):  # seed9 before seed10
         m = manifest.load(run_dir)
         info = m.get("sweep")
         if not info:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
-from improve_lib.core import folders, manifest
+from improve_lib.core import folders, manifest, run_layout
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_text, sha256_file
 from improve_lib.metrics import paper_tables
@@ -85,7 +84,7 @@ def _finished_runs(sweep_dir: Path, needed: Sequence[str]) -> list[Path]:
         raise StudyInputError(f"{sweep_dir}: {missing} missing; render notebook 08 (python -m improve_lib compare DIR)")
     # the sweep's own runs (runs.csv), not a run folder that only lent its upstream notebooks to them
     names = pd.read_csv(sweep_dir / "runs.csv", dtype=str)["run"].tolist()
-    runs = [sweep_dir / n for n in sorted(names, key=_natural) if (sweep_dir / n / manifest.MANIFEST).is_file()
+    runs = [sweep_dir / n for n in sorted(names, key=run_layout.natural_key) if (sweep_dir / n / manifest.MANIFEST).is_file()
             and all(src in manifest.load(sweep_dir / n).get("outputs", {}) for src, _ in RUN_FILES)]
     if not runs:
         raise StudyInputError(f"{sweep_dir}: no run has evaluated its samples (notebook 06) yet")
@@ -145,14 +144,9 @@ def verify(out_dir: str | Path) -> list[str]:
     return [r.name for r in runs]
 
 
-def _natural(name: str) -> list:
-    """Sort key that puts seed9 before seed10 (numbers compared as numbers)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 def _run_dirs(folder: Path) -> list[Path]:
     runs = [p for p in (folder / "runs").iterdir() if p.is_dir()] if (folder / "runs").is_dir() else []
-    return sorted(runs, key=lambda p: _natural(p.name))
+    return sorted(runs, key=lambda p: run_layout.natural_key(p.name))
 
 
 def _check_dirs(out_dir: Path) -> list[Path]:

@@ -14,6 +14,7 @@ import yaml
 
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import sha256_file
+from improve_lib.report import comparison
 from improve_lib.report import registered_checks as rc
 from improve_lib.report import results_folder
 
@@ -134,3 +135,15 @@ def test_check_sweeps_travel_in_the_results_folder_and_reach_the_summary(tmp_pat
         results_folder.verify(out)
     with pytest.raises(StudyInputError, match="share a folder name"):
         results_folder.write_results(main, tmp_path / "results" / "other", "cmd", checks=[split, split])
+
+
+def test_runs_are_read_in_seed_order_not_in_name_order(tmp_path):
+    """seed10 after seed9 in the comparison's table (notebook 08) and in a results folder, as in the registered
+    sweeps (seeds 3-10); a name sort would put seed10 first."""
+    pilot = ROOT / "results" / "pilot_ham10000"
+    sweep = _as_sweep(pilot, {"seed10": {"from": "seed0", "seed": 10}, "seed9": {"from": "seed1", "seed": 9},
+                              "seed2": {"from": "seed2", "seed": 2}}, tmp_path / "sweeps" / "prereg")
+    long, _ = comparison.collect(sweep)
+    assert list(dict.fromkeys(long["run"])) == ["seed2", "seed9", "seed10"]
+    out = results_folder.write_results(sweep, tmp_path / "results" / "ham10000", "cmd")
+    assert results_folder.verify(out) == ["seed2", "seed9", "seed10"]

@@ -122,10 +122,6 @@ def recorded_criteria(run_dir: Path) -> dict | None:
 
 # ---- tasks --------------------------------------------------------------------------------------
 
-def _natural_key(path: Path):
-    return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.stem)
-
-
 def _task_id(seed: int, arm: str, rel_path: str) -> str:
     # A hash of (seed, arm, path): stable for a seed, and it cannot be read back into the arm.
     return hashlib.sha256(f"{seed}\x00{arm}\x00{rel_path}".encode()).hexdigest()[:12]
@@ -168,7 +164,7 @@ def build_review_tasks(run_dir, arms: Sequence[str], seed: int, n_per_class: int
         if not class_dirs:
             raise StudyInputError(f"review: {arm_dir} has no class folders (expected samples/<arm>/<class>/*.png)")
         for class_dir in class_dirs:
-            files = sorted(class_dir.glob("*.png"), key=_natural_key)
+            files = sorted(class_dir.glob("*.png"), key=lambda p: run_layout.natural_key(p.stem))
             if n_per_class is not None and len(files) > n_per_class:
                 pick = np.sort(rng.choice(len(files), size=int(n_per_class), replace=False))
                 files = [files[i] for i in pick]
