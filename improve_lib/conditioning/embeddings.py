@@ -1,6 +1,12 @@
 """Image embeddings of a run: each image's vector from an encoder (:mod:`improve_lib.conditioning.encoders`),
 cached on disk by (encoder id, image sha256) so no image is encoded twice, and the ``embeddings/<split>.npz``
 files notebook 02 writes (paths, labels, class names, vectors, encoder id) with their checked readers.
+
+A vector is the same whatever the cache held before and whichever images shared its batch: every forward holds
+``batch_size`` images (the last batch padded), and the cache is kept apart per batch size, torch thread count and
+device. On a CPU, a convolution's rounding can depend on the batch's size and the thread count (measured: 6e-6 on
+EfficientNet-Lite0 at one thread), so without this a run's embeddings, and the prototypes learned on them, would
+depend on which earlier runs filled the cache.
 """
 from __future__ import annotations
 
@@ -34,8 +40,13 @@ def default_cache_dir() -> Path:
 
 # ----------------------------------------------------------------------------- cache + embedding
 
-def _encoder_cache_dir(cache_dir: Path, encoder: Encoder) -> Path:
-    key = hashlib.sha256(f"{CACHE_VERSION}|{encoder.id}".encode()).hexdigest()[:20]
+def _cache_key(encoder: Encoder, batch_size: int) -> str:
+    """What a vector's bits depend on besides the image: the encoder, the forward's batch size, the threads, the device."""
+    return f"{encoder.id} | batch {batch_size} | threads {torch.get_num_threads()} | {encoder.device}"
+
+
+def _encoder_cache_dir(cache_dir: Path, encoder: Encoder, batch_size: int) -> Path:
+    key = hashlib.sha256(f"{CACHE_VERSION}|{_cache_key(encoder, batch_size)}".encode()).hexdigest()[:20]
     return Path(cache_dir) / key
 
 
@@ -72,13 +83,17 @@ def embed_paths(paths: Sequence, encoder: Encoder, cache_dir=None, batch_size: i
                 progress: bool = True) -> np.ndarray:
     """Embed the images at ``paths`` with ``encoder``; returns float32 [N, encoder.dim] in order.
 
-    Vectors are cached under ``cache_dir`` (default ``default_cache_dir()``) per (encoder id, image
-    sha256), one checksummed file each, written atomically: a rerun on the same images runs no
-    encoder forward, and a corrupt entry is recomputed."""
+    Vectors are cached under ``cache_dir`` (default ``default_cache_dir()``) per (encoder id, batch size,
+    threads, device, image sha256), one checksummed file each, written atomically: a rerun on the same
+    images runs no encoder forward, and a corrupt entry is recomputed. Every forward holds ``batch_size``
+    images (the last padded with zeros), so a vector does not depend on its batch-mates (module docstring)."""
     paths = [Path(p) for p in paths]
-    enc_dir = _encoder_cache_dir(Path(cache_dir) if cache_dir is not None else default_cache_dir(), encoder)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise StudyInputError(f"EMBED_BATCH_SIZE must be 1 or more, got {batch_size}")
+    enc_dir = _encoder_cache_dir(Path(cache_dir) if cache_dir is not None else default_cache_dir(), encoder, batch_size)
     if not (enc_dir / "encoder.txt").exists():
-        atomic_write_text(enc_dir / "encoder.txt", encoder.id + "\n")
+        atomic_write_text(enc_dir / "encoder.txt", _cache_key(encoder, batch_size) + "\n")
     shas = []
     for p in paths:
         try:
@@ -102,7 +117,9 @@ def embed_paths(paths: Sequence, encoder: Encoder, cache_dir=None, batch_size: i
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         batch = torch.stack([encoder.preprocess(_open_image(p)) for _, p in chunk])
-        out = encoder.encode(batch).numpy()
+        if len(chunk) < batch_size:  # pad: the forward's shape, and so its rounding, is that of every other batch
+            batch = torch.cat([batch, batch.new_zeros((batch_size - len(chunk), *batch.shape[1:]))])
+        out = encoder.encode(batch).numpy()[:len(chunk)]
         for (sha, p), vec in zip(chunk, out):
             if vec.shape != (encoder.dim,) or not np.isfinite(vec).all():
                 raise StudyInputError(f"{p}: encoder {encoder.id} produced a non-finite embedding")

@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from improve_lib.conditioning import embeddings
 from improve_lib.conditioning.encoders import Encoder
@@ -54,8 +55,12 @@ def probe_table(vectors: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarr
         if name == TEST:
             continue
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER))
-        probe.fit(x, labels[name])
-        pred = probe.predict(vectors[TEST])
+        # One BLAS thread: lbfgs stops where its tolerance is met, and that point follows the rounding of the
+        # gradient's matrix products, which follows the thread count. Measured on a registered replicate (HAM10000,
+        # seed 3): the real images' probe scored 50.68 % on one thread and 51.23 % on two; the arms did not move.
+        with threadpool_limits(limits=1, user_api="blas"):
+            probe.fit(x, labels[name])
+            pred = probe.predict(vectors[TEST])
         rows.append({"training_set": "real" if name == "real train" else name,
                      "macro_f1": 100 * macro_f1(labels[TEST], pred), "n_train": len(x)})
     return pd.DataFrame(rows)
