@@ -9,11 +9,31 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Sequence
 
+import yaml
+
 from improve_lib.core.errors import StudyInputError
 
 
 #: A number in exponent notation without a dot (``1e-3``), which YAML 1.1 reads as a string.
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class _UserYamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads only true/false as booleans, as YAML 1.2 does. YAML 1.1 also reads yes/no/on/off
+    (any case) as booleans, so ``--set MIXED_PRECISION=no`` (accelerate's word for fp32) arrived as False."""
+
+
+_UserYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UserYamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                      list("tTfF"))
+
+
+def read_user_yaml(text: str) -> Any:
+    """What a user wrote in YAML (a profile, a preset, a ``--set`` or ``--grid`` value), read safely and with YAML
+    1.2's booleans: ``no``, ``off``, ``yes`` and ``on`` stay words. Raises ``yaml.YAMLError`` on bad YAML."""
+    return yaml.load(text, Loader=_UserYamlLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def as_number(value: Any) -> Any:

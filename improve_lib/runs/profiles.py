@@ -16,7 +16,7 @@ import yaml
 
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.notebook_parameters import NOTEBOOK_DIR, REPO, all_declared, list_notebooks
-from improve_lib.core.values import as_number
+from improve_lib.core.values import as_number, read_user_yaml
 
 PARAMS_DIR = Path(os.environ.get("IMPROVE_PARAMS", REPO / "params"))
 # User paths, made absolute before the notebooks (which run in notebooks/) see them.
@@ -31,7 +31,7 @@ def read_yaml_mapping(path: Path, what: str, name: str, holds: str) -> dict[str,
     if not path.is_file():
         avail = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise StudyInputError(f"unknown {what} {name!r}: {path} does not exist; available: {avail}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_user_yaml(path.read_text()) or {}
     if not isinstance(data, dict):
         raise StudyInputError(f"{path} must hold a mapping of {holds}")
     return data
@@ -83,7 +83,7 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
         if not key.isupper():
             raise StudyInputError(f"--set {item!r}: parameter names are UPPER_CASE")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = read_user_yaml(value)
         except yaml.YAMLError as exc:  # a syntax error, or a tag such as !!python/object
             reason = str(exc).splitlines()[0]
             raise StudyInputError(f"--set {item!r}: the value is not plain YAML ({reason})") from None

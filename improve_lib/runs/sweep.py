@@ -46,7 +46,7 @@ from improve_lib.core import manifest, parameter_domains
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_text
 from improve_lib.core.notebook_parameters import NOTEBOOK_DIR, declared_parameters, list_notebooks, literal
-from improve_lib.core.values import as_number, check_type
+from improve_lib.core.values import as_number, check_type, read_user_yaml
 from improve_lib.runs import sharing, sweep_jobs
 from improve_lib.runs.pipeline import StudyRunError, execute_notebook, preflight, run_pipeline, stage_keys
 from improve_lib.runs.profiles import PARAMS_DIR, load_profile, read_yaml_mapping, resolve_params
@@ -102,7 +102,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
         if key in grid:
             raise StudyInputError(f"--grid names {key} twice")
         try:
-            values = yaml.safe_load(f"[{text}]")
+            values = read_user_yaml(f"[{text}]")
         except yaml.YAMLError as exc:
             raise StudyInputError(f"--grid {item!r}: cannot read the values ({exc.problem})") from None
         if not values:

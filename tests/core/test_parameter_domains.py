@@ -10,7 +10,7 @@ import pytest
 from improve_lib.core import notebook_parameters
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core import parameter_domains
-from improve_lib.runs import pipeline
+from improve_lib.runs import pipeline, sweep
 from improve_lib.runs.profiles import parse_sets, resolve_params
 
 
@@ -73,6 +73,21 @@ def test_flags_read_nan_as_a_number_only_in_yaml_form_and_keep_names():
     for bad in ("LR=[1, 2", "LR=!!python/object/apply:os.system ['true']"):
         with pytest.raises(StudyInputError, match="not plain YAML"):
             parse_sets([bad])
+
+
+def test_no_off_yes_and_on_stay_words_in_flags_profiles_and_grids(tmp_path):
+    """YAML 1.1 reads no/off/yes/on as booleans: `--set MIXED_PRECISION=no` (accelerate's fp32) arrived as False and
+    was refused; the registered precision check's first try failed on it. Only true and false are booleans now."""
+    assert parse_sets(["MIXED_PRECISION=no", "ROT90=true", "FLIP=False"]) == {"MIXED_PRECISION": "no", "ROT90": True,
+                                                                              "FLIP": False}
+    assert sweep.parse_grid(["MIXED_PRECISION=no,bf16", "ROT90=true,false"]) == {"MIXED_PRECISION": ["no", "bf16"],
+                                                                                 "ROT90": [True, False]}
+    mine = tmp_path / "fp32.yaml"
+    mine.write_text("MIXED_PRECISION: no\nROT90: on\n")
+    with pytest.raises(StudyInputError, match="ROT90='on' is a str, but ROT90 takes a bool"):
+        pipeline.run_pipeline(str(mine), run_dir=tmp_path / "run", progress=False)
+    mine.write_text("MIXED_PRECISION: no\n")
+    assert resolve_params(str(mine))["MIXED_PRECISION"] == "no"
 
 
 def test_profiles_come_from_params_by_name_or_an_explicit_yaml_path_and_typos_are_named(tmp_path):
