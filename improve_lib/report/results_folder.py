@@ -342,7 +342,7 @@ def _registered_section(out_dir: Path, runs: list[dict], dataset: str) -> list[s
         lines += registered_checks.summary_lines(d, found[registered_checks.COLUMNS])
     # the external test set's scores: the replicates' own, or those of their reruns with EXTERNAL_TEST_DIR
     external = runs if any(r["external"] for r in runs) else [r for c in check_runs for r in c if r["external"]]
-    lines += _probe_lines(runs, d) + _external_lines(external)
+    lines += _probe_lines(runs, d) + _external_lines(external, d)
     per_class = [r["tables"]["tstr_per_class_f1"] for r in runs if "tstr_per_class_f1" in r["tables"]]
     if per_class:
         pc = verdict.per_class_differences(per_class)
@@ -375,23 +375,39 @@ def _probe_lines(runs: list[dict], tstr_diffs: pd.DataFrame) -> list[str]:
             f"scores {_cell(d['real'].dropna().tolist())} %.", ""]
 
 
-def _external_lines(runs: list[dict]) -> list[str]:
-    """The registered endpoint on the external test set (notebook 06's EXTERNAL_TEST_DIR), where replicates had one."""
-    diffs, real = [], []
+def _external_lines(runs: list[dict], tstr_diffs: pd.DataFrame) -> list[str]:
+    """The registered secondary endpoint on the external test set (notebook 06's EXTERNAL_TEST_DIR), where replicates
+    had one: the primary analysis's table on it, each training set's macro F1 there, and whether each replicate's
+    difference keeps the sign it had on the test split (``tstr_diffs``: :func:`_differences`)."""
+    rows, sizes = [], set()
     for r in runs:
         ext = r.get("external") or {}
         sets = ext.get("sets", {})
         if {"prototype", "baseline"} <= set(sets):
-            diffs.append(100 * (sets["prototype"]["mean"]["f1"] - sets["baseline"]["mean"]["f1"]))
-            real.append(100 * sets["real"]["mean"]["f1"] if "real" in sets else math.nan)
-    if not diffs:
+            f1 = {k: 100 * v["mean"]["f1"] for k, v in sets.items()}
+            rows.append({"seed": r["seed"], "external": f1["prototype"] - f1["baseline"], **f1})
+            if ext.get("n_test"):
+                present = sorted(c for c, n in (ext.get("n_test_per_class") or {}).items() if n)
+                sizes.add(f"{ext['n_test']} images of {len(present)} classes ({', '.join(present)})")
+    if not rows:
         return []
-    res = verdict.verdict(diffs, planned=1)
+    d = pd.DataFrame(rows).merge(tstr_diffs[["seed", "diff"]], on="seed", how="left")
+    res = verdict.verdict(d["external"].tolist())
     f = "{:+.1f}".format
-    interval = f" [{f(res.low)}, {f(res.high)}], paired t p = {_p(res.p)}" if res.n >= 2 else ""
-    return [f"**On the external test set** (EXTERNAL_TEST_DIR: real images of other lesions or cells, scored by the "
-            f"same classifiers): prototype − baseline macro F1 {f(res.mean)}{interval} over {res.n} replicate(s); "
-            f"classifiers trained on the real images score {_cell([v for v in real if not math.isnan(v)])} % there.", ""]
+    same = int((d["external"] * d["diff"] > 0).sum())
+    images = "".join(f", {s}" for s in sorted(sizes))
+    scores = ", ".join(f"{name} {_cell(d[name].dropna().tolist())}" for name in ("real", "baseline", "prototype")
+                       if name in d)
+    return [f"**On the external test set** (EXTERNAL_TEST_DIR: real images of other lesions or cells{images}, scored "
+            "by the same classifiers; registered secondary endpoint, the primary analysis on it):", "",
+            "| replicates | prototype − baseline, macro F1 [95 % t] | paired t p | 90 % t-interval | TOST p | verdict |",
+            "|---|---|---|---|---|---|",
+            (f"| {res.n} of {verdict.PLANNED_REPLICATES} | {f(res.mean)} [{f(res.low)}, {f(res.high)}] | {_p(res.p)} | "
+             f"[{f(res.low90)}, {f(res.high90)}] | {_p(res.tost_p)} | {res.words} |" if res.n >= 2 else
+             f"| 1 of {verdict.PLANNED_REPLICATES} | {f(res.mean)} | - | - | - | {res.words} |"), "",
+            f"Macro F1 there, % over replicates [95 % t]: {scores}. Per replicate (seed: external, test split): "
+            + "; ".join(f"{int(r.seed)}: {f(r.external)}, {f(r.diff)}" for r in d.itertuples())
+            + f"; the sign agrees in {same} of {len(d)}.", ""]
 
 
 def write_forest(out_dir: str | Path) -> Path | None:

@@ -128,7 +128,7 @@ def test_check_sweeps_travel_in_the_results_folder_and_reach_the_summary(tmp_pat
     assert f"Change of Δ {change:+.1f} points" in text and not math.isnan(change)
     # the rerun with an external test set: its Δ on the test split is the replicate's, its external scores are shown
     assert "reproduced to 0.01 points in 1 of 1" in text
-    assert "**On the external test set**" in text and "macro F1 +3.0 over 1 replicate(s)" in text
+    assert "**On the external test set**" in text and "| 1 of 8 | +3.0 | - | - | - |" in text
     edited = out / "checks/prereg-split3/runs/seed1003/tstr.csv"  # a check run's number edited by hand is caught
     edited.write_text(edited.read_text().replace("4", "5", 1))
     with pytest.raises(StudyInputError, match="sha256 differs"):

@@ -140,11 +140,16 @@ def test_registered_replicates_ran_after_the_registration_was_committed():
 
 
 def test_the_external_test_set_line_reads_notebook_06s_external_scores():
-    def run(proto, base, real):
+    def run(seed, proto, base, real):
         sets = {k: {"mean": {"f1": v}} for k, v in (("prototype", proto), ("baseline", base), ("real", real))}
-        return {"external": {"sets": sets}}
+        return {"seed": seed, "external": {"sets": sets, "n_test": 250,
+                                           "n_test_per_class": {"akiec": 125, "df": 0, "nv": 125}}}
 
-    lines = results_folder._external_lines([run(0.40, 0.38, 0.50), run(0.41, 0.40, 0.52), {"external": None}])
-    assert lines[0].startswith("**On the external test set**")
-    assert "macro F1 +1.5 [-4.9, +7.9], paired t p = 0.205 over 2 replicate(s)" in lines[0]
-    assert results_folder._external_lines([{"external": None}]) == []
+    test_split = pd.DataFrame({"seed": [3, 4], "diff": [-0.5, 2.0]})
+    lines = results_folder._external_lines([run(3, 0.40, 0.38, 0.50), run(4, 0.41, 0.40, 0.52),
+                                            {"seed": 5, "external": None}], test_split)
+    text = "\n".join(lines)
+    assert lines[0].startswith("**On the external test set**") and "250 images of 2 classes (akiec, nv)" in lines[0]
+    assert "| 2 of 8 | +1.5 [-4.9, +7.9] | 0.205 |" in text and "incomplete, n = 2 of 8" in text
+    assert "real 51.0 [" in text and "3: +2.0, -0.5; 4: +1.0, +2.0; the sign agrees in 1 of 2" in text
+    assert results_folder._external_lines([{"seed": 3, "external": None}], test_split) == []
