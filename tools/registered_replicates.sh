@@ -32,7 +32,7 @@ for ds in ham10000 bone_marrow; do
   # the precision check: the replicates above trained in bf16 where the CPU has bf16 units (AMX); where they ran in
   # fp32 (AVX2 only), run this block on a CPU with bf16 units and MIXED_PRECISION=bf16 instead
   echo "=== $(date -u +%FT%TZ) $ds fp32 seeds 3,4 (the precision check)"
-  # 'no' quoted: before commit of the YAML 1.2 booleans (improve_lib.core.values.read_user_yaml), e.g. at d2f6e35,
+  # 'no' quoted: before a5bd9b8 (YAML 1.2 booleans, improve_lib.core.values.read_user_yaml), e.g. at d2f6e35,
   # an unquoted no arrived as False and the sweep refused it
   sweep --dataset "$ds" --data-dir "$DATA/$ds" --seeds 3,4 --set "MIXED_PRECISION='no'" --sweep-dir "$SWEEPS/prereg-$ds-fp32"
 done
