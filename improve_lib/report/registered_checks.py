@@ -75,9 +75,7 @@ def variance_components(differences, splits: pd.DataFrame) -> dict:
 
 
 def _sd(variance: float) -> str:
-    if math.isnan(variance):
-        return "-"
-    return f"{math.sqrt(variance):.2f}" if variance >= 0 else "0 (the estimate of its variance is negative)"
+    return "-" if math.isnan(variance) or variance < 0 else f"{math.sqrt(variance):.2f}"
 
 
 def summary_lines(replicates: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
@@ -94,7 +92,11 @@ def summary_lines(replicates: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
         lines += [f"**Split and training variance apart** (registered; {v['pairs']} pair(s) of trainings on one split: "
                   f"estimates, no test): {pairs}. Of the sd of Δ over the {len(replicates)} replicates, {_sd(v['total'])} "
                   f"points, training accounts for an sd of {_sd(v['training'])} (half the squared difference within a "
-                  f"split) and the split for {_sd(v['split'])} (the rest of the variance; variances add).", ""]
+                  f"split) and the split for " + (f"{_sd(v['split'])} (the rest of the variance; variances add)."
+                                                  if not v["split"] < 0 else
+                                                  f"none: the rest of the variance is negative ({v['split']:.2f} "
+                                                  "points²), so training noise alone accounts for the spread seen, "
+                                                  "within what so few pairs can tell."), ""]
     if len(precisions):
         change = (precisions["diff_other"] - precisions["diff"]).tolist()
         mean, low, high = t_interval(change)

@@ -62,6 +62,10 @@ def test_check_runs_pair_by_their_parameters_and_their_split():
     assert "seed 3: bf16 +1.0, fp32 +1.5. Change of Δ +0.5 points" in text and "SEED=99" in text
     assert "reproduced to 0.01 points in 1 of 1 (largest change 0.00)" in text
     assert rc.summary_lines(reps, frame([])) == []
+    # more spread within a split than over the replicates: the split's share is said to be none, not a negative sd
+    wide = "\n".join(rc.summary_lines(reps, frame([(1003, 5.0, "bf16", 3, "a")])))
+    assert "training accounts for an sd of 2.83" in wide and "the split for none: the rest of the variance is " \
+        "negative (-5.42 points²)" in wide
 
 
 def _as_sweep(results: Path, runs: dict[str, dict], out: Path) -> Path:
