@@ -5,7 +5,9 @@
 Each SWEEP_DIR is a finished sweep of the preset (one dataset, notebook 08 rendered). Per variant it reads 08's
 ``comparison/summary.csv``: TSTR macro F1 of each arm and of the real images, all scored on the validation split
 (notebook 06's EVAL_SPLIT; a sweep scored on the test split is refused, the test split is the verdict's), the gap
-(real minus the better arm) and its change against the reference variant, KID, PRDC recall and coverage per arm.
+(real minus the better arm) and its change against the reference variant, KID, PRDC recall and coverage per arm,
+and from the images themselves each arm's fine detail and spread of tone against the real validation images'
+(``improve_lib.metrics.tone.likeness``; 1 = as real, mean over the variant's seeds).
 Writes ``<out>/table.md`` (all datasets) and ``<out>/<dataset>_samples.png``: real validation images beside each
 variant's samples, per class, at the run's resolution. Nothing of the dataset is copied but those few images,
 as the sample grids the runs already hold.
@@ -23,10 +25,12 @@ from improve_lib import data
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_text
 from improve_lib.diffusion import sample
+from improve_lib.metrics import tone
 from improve_lib.report import figures
 
 ARMS = ("baseline", "prototype")
 METRICS = (("KID", "KID", 2), ("recall %", "recall", 1), ("coverage %", "coverage", 1), ("precision %", "precision", 1))
+LIKENESS = (("detail", "detail_ratio"), ("tone spread", "tone_spread_ratio"))  # column, key of tone.likeness
 
 
 def _mean(summary: pd.DataFrame, variant: str, metric: str, arm: str) -> float:
@@ -48,6 +52,24 @@ def check_validation_split(sweep: Path) -> None:
                                   f"is chosen on the validation split (N_VALIDATION >= 1, EVAL_SPLIT validation)")
 
 
+def likeness_table(sweep: Path) -> pd.DataFrame:
+    """Per variant (mean over its runs), each arm's samples against the run's real validation images:
+    ``detail <arm>`` and ``tone spread <arm>`` (:func:`improve_lib.metrics.tone.likeness`, 1 = as real)."""
+    rows = []
+    runs = _runs(sweep)
+    for run, variant in zip(runs["run"], runs["RECIPE"]):
+        params = yaml.safe_load((sweep / run / "params.yaml").read_text())
+        resolution, table = int(params["RESOLUTION"]), data.read_split(sweep / run)
+        real = data.load_images(table.loc[table.split == "validation", "path"], resolution)
+        row = {"variant": variant}
+        for arm in ARMS:
+            paths = sample.read_samples(sweep / run, arm, data.class_names_of(table), params["N_PER_CLASS"])["path"]
+            found = tone.likeness(real, data.load_images(paths, resolution))
+            row.update({f"{column} {arm}": found[key] for column, key in LIKENESS})
+        rows.append(row)
+    return pd.DataFrame(rows).groupby("variant", sort=False).mean().reset_index()
+
+
 def dataset_table(sweep: Path, reference: str) -> tuple[str, pd.DataFrame]:
     """``(dataset, one row per variant)`` from a finished screening sweep."""
     spec = yaml.safe_load((sweep / "sweep.yaml").read_text())
@@ -64,22 +86,24 @@ def dataset_table(sweep: Path, reference: str) -> tuple[str, pd.DataFrame]:
         for metric, short, _ in METRICS:
             row.update({f"{short} {arm}": _mean(summary, v, metric, arm) for arm in ARMS})
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).merge(likeness_table(sweep), on="variant", how="left")
     table.insert(table.columns.get_loc("gap") + 1, "gap change",
                  table["gap"] - table.loc[table["variant"] == reference, "gap"].iloc[0])
     return spec.get("dataset"), table
 
 
 def markdown(dataset: str, table: pd.DataFrame) -> str:
-    """The table a README shows: F1 per arm and real, the gap and its change, then fidelity as baseline / prototype."""
+    """The table a README shows: F1 per arm and real, the gap and its change, then fidelity and likeness to the
+    real images as baseline / prototype."""
     head = ("| variant | TSTR F1 baseline | prototype | real | gap (real − better arm) | gap change |"
-            + "".join(f" {m} (b / p) |" for m, _, _ in METRICS))
+            + "".join(f" {m} (b / p) |" for m, _, _ in METRICS) + "".join(f" {c} (b / p; real 1) |" for c, _ in LIKENESS))
     lines = [f"**{dataset}** (validation split, {int(table['seeds'].max())} seed(s))", "", head,
-             "|" + "---|" * (6 + len(METRICS))]
+             "|" + "---|" * (6 + len(METRICS) + len(LIKENESS))]
     for r in table.to_dict("records"):
         cells = [r["variant"], *(f"{r[k]:.1f}" for k in ("F1 baseline", "F1 prototype", "F1 real", "gap")),
                  f"{r['gap change']:+.1f}"]
         cells += [f"{r[f'{s} baseline']:.{d}f} / {r[f'{s} prototype']:.{d}f}" for _, s, d in METRICS]
+        cells += [f"{r[f'{c} baseline']:.2f} / {r[f'{c} prototype']:.2f}" for c, _ in LIKENESS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -5,7 +5,8 @@ A diffusion model that gets the brightness or contrast of its images wrong fails
 measure for that reason alone (a classifier trained on darkened cells does not recognise real ones), so
 notebook 05 shows these numbers before anything else is measured. Values are on the [-1, 1] scale the
 diffusion model works on: per channel the mean, the standard deviation over all pixels, and the 98th
-percentile (the bright background of cytology and dermoscopy images sits there).
+percentile (the bright background of cytology and dermoscopy images sits there). :func:`likeness` adds
+two numbers the recipe screening compares against the real images: fine detail and the spread of tone.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from skimage import filters
 
 from improve_lib import data
 from improve_lib.diffusion import sample
@@ -53,6 +55,22 @@ def tone_summary(real: torch.Tensor, generated: torch.Tensor) -> dict[str, Any]:
     worst = g["std_ratio"].iloc[int(np.argmax(np.abs(np.log(g["std_ratio"].to_numpy()))))]
     return {"mean_gap": [float(v) for v in g["mean_gap"]], "std_ratio": [float(v) for v in g["std_ratio"]],
             "max_abs_mean_gap": float(np.abs(g["mean_gap"]).max()), "worst_std_ratio": float(worst)}
+
+
+def detail(images: torch.Tensor) -> float:
+    """Median over ``images`` (``[N, 3, R, R]`` in [0, 1]) of the variance of the Laplacian of each image's grey
+    level: how much fine structure (edges, chromatin, texture) an image holds. Blur lowers it; so does a sampler
+    that averages modes. Only comparable between images of the same resolution."""
+    grey = torch.as_tensor(images).double().mean(1).numpy()
+    return float(np.median([filters.laplace(g).var() for g in grey]))
+
+
+def likeness(real: torch.Tensor, generated: torch.Tensor) -> dict[str, float]:
+    """``generated`` against ``real`` (both ``[N, 3, R, R]`` in [0, 1], same R), 1 meaning as the real images:
+    ``detail_ratio`` (:func:`detail`) and ``tone_spread_ratio`` (the mean over channels of
+    ``spread_of_image_means``, how much images differ in tone from one another)."""
+    spread = lambda x: float(channel_statistics(x)["spread_of_image_means"].mean())  # noqa: E731
+    return {"detail_ratio": detail(generated) / detail(real), "tone_spread_ratio": spread(generated) / spread(real)}
 
 
 def sampler_variants(settings: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], bool]]:
