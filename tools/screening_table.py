@@ -61,12 +61,11 @@ def likeness_table(sweep: Path) -> pd.DataFrame:
         params = yaml.safe_load((sweep / run / "params.yaml").read_text())
         resolution, table = int(params["RESOLUTION"]), data.read_split(sweep / run)
         real = data.load_images(table.loc[table.split == "validation", "path"], resolution)
-        row = {"variant": variant}
-        for arm in ARMS:
-            paths = sample.read_samples(sweep / run, arm, data.class_names_of(table), params["N_PER_CLASS"])["path"]
-            found = tone.likeness(real, data.load_images(paths, resolution))
-            row.update({f"{column} {arm}": found[key] for column, key in LIKENESS})
-        rows.append(row)
+        names = data.class_names_of(table)
+        found = tone.likeness(real, {arm: data.load_images(sample.read_samples(
+            sweep / run, arm, names, params["N_PER_CLASS"])["path"], resolution) for arm in ARMS})
+        rows.append({"variant": variant, **{f"{column} {arm}": found[arm][key] for arm in ARMS
+                                            for column, key in LIKENESS}})
     return pd.DataFrame(rows).groupby("variant", sort=False).mean().reset_index()
 
 

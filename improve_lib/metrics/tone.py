@@ -65,12 +65,14 @@ def detail(images: torch.Tensor) -> float:
     return float(np.median([filters.laplace(g).var() for g in grey]))
 
 
-def likeness(real: torch.Tensor, generated: torch.Tensor) -> dict[str, float]:
-    """``generated`` against ``real`` (both ``[N, 3, R, R]`` in [0, 1], same R), 1 meaning as the real images:
-    ``detail_ratio`` (:func:`detail`) and ``tone_spread_ratio`` (the mean over channels of
-    ``spread_of_image_means``, how much images differ in tone from one another)."""
-    spread = lambda x: float(channel_statistics(x)["spread_of_image_means"].mean())  # noqa: E731
-    return {"detail_ratio": detail(generated) / detail(real), "tone_spread_ratio": spread(generated) / spread(real)}
+def likeness(real: torch.Tensor, generated: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Each set of ``generated`` against ``real`` (all ``[N, 3, R, R]`` in [0, 1], one R), 1 meaning as the real
+    images: ``detail_ratio`` (:func:`detail`) and ``tone_spread_ratio`` (the mean over channels of
+    ``spread_of_image_means`` of :func:`tone_table`, how much images differ in tone from one another)."""
+    spread = tone_table(real, generated).groupby("images", sort=False)["spread_of_image_means"].mean()
+    ref = detail(real)
+    return {name: {"detail_ratio": detail(images) / ref, "tone_spread_ratio": float(spread[name] / spread["real"])}
+            for name, images in generated.items()}
 
 
 def sampler_variants(settings: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], bool]]:

@@ -75,7 +75,7 @@ def variance_components(differences, splits: pd.DataFrame) -> dict:
 
 
 def _sd(variance: float) -> str:
-    return "-" if math.isnan(variance) or variance < 0 else f"{math.sqrt(variance):.2f}"
+    return "-" if math.isnan(variance) else f"{math.sqrt(variance):.2f}"
 
 
 def summary_lines(replicates: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
@@ -92,11 +92,10 @@ def summary_lines(replicates: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
         lines += [f"**Split and training variance apart** (registered; {v['pairs']} pair(s) of trainings on one split: "
                   f"estimates, no test): {pairs}. Of the sd of Δ over the {len(replicates)} replicates, {_sd(v['total'])} "
                   f"points, training accounts for an sd of {_sd(v['training'])} (half the squared difference within a "
-                  f"split) and the split for " + (f"{_sd(v['split'])} (the rest of the variance; variances add)."
-                                                  if not v["split"] < 0 else
-                                                  f"none: the rest of the variance is negative ({v['split']:.2f} "
+                  f"split) and the split for " + (f"none: the rest of the variance is negative ({v['split']:.2f} "
                                                   "points²), so training noise alone accounts for the spread seen, "
-                                                  "within what so few pairs can tell."), ""]
+                                                  "within what so few pairs can tell." if v["split"] < 0 else
+                                                  f"{_sd(v['split'])} (the rest of the variance; variances add)."), ""]
     if len(precisions):
         change = (precisions["diff_other"] - precisions["diff"]).tolist()
         mean, low, high = t_interval(change)

@@ -304,14 +304,16 @@ def _differences(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["seed", "diff", "low", "high", "precision", "cpu", "commit", "split_seed", "split"])
 
 
-def _verdict_table(res: verdict.Verdict, words: str) -> list[str]:
-    """The registered analysis as a table: header, rule and one row (replicates, mean [95 % t], paired t p, 90 %
-    interval, TOST p, ``words``)."""
+_VERDICT_HEAD = ["| replicates | prototype − baseline, macro F1 [95 % t] | paired t p | 90 % t-interval | TOST p | verdict |",
+                "|---|---|---|---|---|---|"]
+
+
+def _verdict_row(res: verdict.Verdict, words: str) -> str:
+    """The registered analysis as one row under ``_VERDICT_HEAD``: replicates, mean [95 % t], paired t p, 90 %
+    interval, TOST p, ``words``."""
     f = "{:+.1f}".format
-    return ["| replicates | prototype − baseline, macro F1 [95 % t] | paired t p | 90 % t-interval | TOST p | verdict |",
-            "|---|---|---|---|---|---|",
-            f"| {res.n} of {verdict.PLANNED_REPLICATES} | {f(res.mean)} [{f(res.low)}, {f(res.high)}] | {_p(res.p)} | "
-            f"[{f(res.low90)}, {f(res.high90)}] | {_p(res.tost_p)} | {words} |"]
+    return (f"| {res.n} of {verdict.PLANNED_REPLICATES} | {f(res.mean)} [{f(res.low)}, {f(res.high)}] | {_p(res.p)} | "
+            f"[{f(res.low90)}, {f(res.high90)}] | {_p(res.tost_p)} | {words} |")
 
 
 def _registered_section(out_dir: Path, runs: list[dict], dataset: str) -> list[str]:
@@ -323,7 +325,7 @@ def _registered_section(out_dir: Path, runs: list[dict], dataset: str) -> list[s
     lines = ["## The pre-registered verdict", "",
              f"As registered in `{verdict.PREREGISTRATION}` (seeds {', '.join(map(str, verdict.PREREGISTERED_SEEDS))}; "
              f"paired t-test two-sided α = {verdict.ALPHA}; TOST against ±{verdict.MARGIN:.1f} points):", "",
-             *_verdict_table(res, f"**{res.words}**"), ""]
+             *_VERDICT_HEAD, _verdict_row(res, f"**{res.words}**"), ""]
     if res.n >= 2:
         sd = float(d["diff"].std(ddof=1))
         paper = paper_tables.tstr(dataset) or {}
@@ -407,8 +409,8 @@ def _external_lines(runs: list[dict], tstr_diffs: pd.DataFrame) -> list[str]:
                        if name in d)
     return [f"**On the external test set** (EXTERNAL_TEST_DIR: real images of other lesions or cells{images}, scored "
             "by the same classifiers; registered secondary endpoint, the primary analysis on it):", "",
-            *(_verdict_table(res, res.words) if res.n >= 2 else
-              [*_verdict_table(res, res.words)[:2], f"| 1 of {verdict.PLANNED_REPLICATES} | {f(res.mean)} | - | - | - | {res.words} |"]), "",
+            *_VERDICT_HEAD, (_verdict_row(res, res.words) if res.n >= 2 else
+                            f"| 1 of {verdict.PLANNED_REPLICATES} | {f(res.mean)} | - | - | - | {res.words} |"), "",
             f"Macro F1 there, % over replicates [95 % t]: {scores}. Per replicate (seed: external, test split): "
             + "; ".join(f"{int(r.seed)}: {f(r.external)}, {f(r.diff)}" for r in d.itertuples())
             + f"; the sign agrees in {same} of {len(d)}.", ""]
