@@ -11,6 +11,13 @@ and from the images themselves each arm's fine detail and spread of tone against
 Writes ``<out>/table.md`` (all datasets) and ``<out>/<dataset>_samples.png``: real validation images beside each
 variant's samples, per class, at the run's resolution. Nothing of the dataset is copied but those few images,
 as the sample grids the runs already hold.
+
+    python tools/screening_table.py --over-seeds RESULTS_DIR [RESULTS_DIR ...] --out results/recipe_screening_real
+
+The same screening over the seeds run so far, from results folders (``python -m improve_lib results`` of each
+sitting's sweep; they keep every run's ``metrics.json`` and manifest, not its images): per dataset and variant the
+gap per seed, and the change of the gap against the reference variant paired within each seed (the two trained on
+the same split, seed and machine), mean and Student-t 95 % interval over seeds. Writes ``<out>/over_seeds.md``.
 """
 from __future__ import annotations
 
@@ -22,11 +29,12 @@ import pandas as pd
 import yaml
 
 from improve_lib import data
+from improve_lib.core import manifest
 from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_text
 from improve_lib.diffusion import sample
 from improve_lib.metrics import tone
-from improve_lib.report import figures
+from improve_lib.report import comparison, figures
 
 ARMS = ("baseline", "prototype")
 METRICS = (("KID", "KID", 2), ("recall %", "recall", 1), ("coverage %", "coverage", 1), ("precision %", "precision", 1))
@@ -80,7 +88,8 @@ def dataset_table(sweep: Path, reference: str) -> tuple[str, pd.DataFrame]:
     rows = []
     for v in variants:
         f1 = {arm: _mean(summary, v, "TSTR macro F1 %", arm) for arm in (*ARMS, "real")}
-        row = {"variant": v, "seeds": int(summary.loc[summary["RECIPE"] == v, "n"].max()),
+        tstr = (summary["RECIPE"] == v) & (summary["metric"] == "TSTR macro F1 %")  # the seeds that reached 06
+        row = {"variant": v, "seeds": int(summary.loc[tstr, "n"].max()),
                **{f"F1 {k}": f1[k] for k in f1}, "gap": f1["real"] - max(f1[a] for a in ARMS)}
         for metric, short, _ in METRICS:
             row.update({f"{short} {arm}": _mean(summary, v, metric, arm) for arm in ARMS})
@@ -127,12 +136,97 @@ def sample_figure(sweep: Path, per_class: int = 2):
                               f"classes {', '.join(class_names)}", cell_inches=0.55)
 
 
+def seed_rows(folder: Path) -> pd.DataFrame:
+    """One row per metric and arm of every run of a results folder: ``folder, dataset, variant, seed, cpu, metric,
+    arm, value`` (:func:`improve_lib.report.comparison.evaluation_rows` of the run's ``metrics.json``; ``cpu`` is what
+    notebook 04 recorded, e.g. ``AVX512+AMX+AVX512_BF16``). A run scored on the test split is refused."""
+    rows = []
+    runs = sorted(p for p in (folder / "runs").glob("*") if (p / "metrics.json").is_file())
+    if not runs:
+        raise StudyInputError(f"{folder}/runs: no run with a metrics.json (a folder written by python -m improve_lib "
+                              f"results from a screening sweep)")
+    for run in runs:
+        m, ev = manifest.load(run), json.loads((run / "metrics.json").read_text())
+        if ev.get("eval_split") != "validation":
+            raise StudyInputError(f"{run}: scored on the {ev.get('eval_split', 'test')} split; a recipe is chosen on "
+                                  f"the validation split")
+        cpu = (m.get("facts", {}).get("04_train_diffusion", {}).get("cpu_capability") or {}).values()
+        base = {"folder": str(folder), "dataset": m["sweep"]["dataset"], "variant": m["sweep"]["point"]["RECIPE"], "seed": m["sweep"]["seed"],
+                "cpu": "/".join(sorted(set(cpu))) or "-"}
+        rows += [{**base, **r} for r in comparison.evaluation_rows(ev)]
+    return pd.DataFrame(rows)
+
+
+def over_seeds(folders: list[Path], reference: str) -> dict[str, pd.DataFrame]:
+    """Per dataset, one row per variant: its gap (real minus the better arm's TSTR F1) per seed and its mean, the
+    reference's mean gap on the same seeds, and the change against ``reference`` paired within a seed, mean and 95 % t interval over the seeds both ran; KID and PRDC
+    recall per arm, mean over seeds. A (variant, seed) found in two folders is refused."""
+    long = pd.concat([seed_rows(f) for f in folders], ignore_index=True)
+    runs = long.drop_duplicates(["folder", "dataset", "variant", "seed"])
+    twice = runs[runs.duplicated(["dataset", "variant", "seed"], keep=False)]
+    if len(twice):
+        raise StudyInputError(f"{', '.join(map(str, folders))}: variant {twice['variant'].iloc[0]!r} seed "
+                              f"{twice['seed'].iloc[0]} is in more than one folder")
+    # the preset's order of variants, as each sitting's sweep.yaml lists them
+    order = list(dict.fromkeys([*(v for f in folders for v in (yaml.safe_load((f / "sweep.yaml").read_text())
+                                                                .get("grid") or {}).get("RECIPE", [])),
+                                *long["variant"]]))
+    wide = long.pivot_table(index=["dataset", "variant", "seed"], columns=["metric", "arm"], values="value")
+    f1 = wide["TSTR macro F1 %"]
+    gap = (f1["real"] - f1[list(ARMS)].max(axis=1)).rename("gap")
+    tables = {}
+    for dataset, g in gap.groupby(level="dataset"):
+        g = g.droplevel("dataset")
+        if reference not in g.index.get_level_values("variant"):
+            raise StudyInputError(f"{dataset}: no run of the reference variant {reference!r} in {folders}")
+        ref = g.loc[reference]
+        rows = []
+        for variant in sorted(set(g.index.get_level_values("variant")), key=order.index):
+            mine = g.loc[variant]
+            paired = (mine - ref).dropna()
+            mean, low, high = comparison.t_interval(paired.tolist())
+            cpus = runs[(runs["dataset"] == dataset) & (runs["variant"] == variant)].set_index("seed")["cpu"]
+            row = {"variant": variant, "seeds": ", ".join(f"{s} ({cpus[s]})" for s in mine.index),
+                   "gap per seed": " / ".join(f"{v:.1f}" for v in mine), "gap": mine.mean(),
+                   # the gap moves with each seed's validation split: the reference's on the same seeds
+                   "reference gap": ref.reindex(mine.index).mean(),
+                   "change": mean, "low": low, "high": high, "paired seeds": len(paired)}
+            for metric, short in (("KID", "KID"), ("recall %", "recall")):
+                row.update({f"{short} {arm}": wide.loc[(dataset, variant), (metric, arm)].mean() for arm in ARMS})
+            rows.append(row)
+        tables[dataset] = pd.DataFrame(rows)
+    return tables
+
+
+def over_seeds_markdown(dataset: str, table: pd.DataFrame, reference: str) -> str:
+    """The over-seeds table a README shows."""
+    lines = [f"**{dataset}** (validation split; the change is paired with {reference} within each seed)", "",
+             f"| variant | seeds (CPU) | gap per seed | gap, mean | {reference}'s gap, same seeds | change against "
+             f"{reference}, mean [95 % t] | KID (b / p) | recall % (b / p) |", "|---|---|---|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        change = (f"{r['change']:+.1f}" + (f" [{r['low']:+.1f}, {r['high']:+.1f}]" if r["paired seeds"] > 1 else "")
+                  if r["variant"] != reference else "-")
+        lines.append(f"| {r['variant']} | {r['seeds']} | {r['gap per seed']} | {r['gap']:.1f} | {r['reference gap']:.1f} "
+                     f"| {change} | "
+                     f"{r['KID baseline']:.2f} / {r['KID prototype']:.2f} | "
+                     f"{r['recall baseline']:.1f} / {r['recall prototype']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweeps", nargs="+", type=Path, help="finished screening sweep folders, one per dataset")
+    ap.add_argument("sweeps", nargs="+", type=Path, help="finished screening sweep folders, one per dataset (with "
+                    "--over-seeds: results folders of such sweeps, any datasets and seeds)")
+    ap.add_argument("--over-seeds", action="store_true", help="the gap over the seeds of several results folders")
     ap.add_argument("--out", type=Path, required=True, help="folder for table.md and the sample figures")
     ap.add_argument("--reference", default="laptop", help="the variant the gap change is measured against")
     args = ap.parse_args(argv)
+    if args.over_seeds:
+        tables = over_seeds(args.sweeps, args.reference)
+        text = "\n".join(over_seeds_markdown(d, t, args.reference) for d, t in tables.items())
+        atomic_write_text(args.out / "over_seeds.md", text)
+        print(text)
+        return
     parts = []
     for sweep in args.sweeps:
         dataset, table = dataset_table(sweep, args.reference)

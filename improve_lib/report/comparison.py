@@ -41,6 +41,34 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def evaluation_rows(ev: dict | None) -> list[dict]:
+    """``[{metric, arm, value}]`` of notebook 06's ``metrics.json`` (already read): TSTR per training set and the
+    arms' difference, fidelity over all classes, tone. Shared by :func:`run_metrics` (a run folder) and readers of
+    a results folder, which keeps the same file beside its runs' other evidence."""
+    rows = []
+    if not ev:
+        return rows
+    for arm, s in ev["tstr"]["sets"].items():
+        rows.append({"metric": "TSTR macro F1 %", "arm": arm, "value": 100 * s["mean"]["f1"]})
+    comp = ev["tstr"].get("comparison")
+    if comp:
+        rows.append({"metric": "TSTR F1 difference (points)", "arm": "prototype - baseline",
+                     "value": 100 * comp["diff"]})
+    for r in ev.get("fidelity", []):
+        if r.get("class_name") != "all":
+            continue
+        for key, name, scale in (("prototype_consistency", "prototype consistency %", 100),
+                                 ("precision", "precision %", 100), ("recall", "recall %", 100),
+                                 ("density", "density", 1), ("coverage", "coverage %", 100),
+                                 ("kid_mean", "KID", 1)):
+            if r.get(key) is not None:
+                rows.append({"metric": name, "arm": r["arm"], "value": scale * float(r[key])})
+    for arm, t in (ev.get("tone") or {}).items():
+        rows.append({"metric": "largest |channel mean gap|", "arm": arm, "value": t["max_abs_mean_gap"]})
+        rows.append({"metric": "channel std ratio farthest from 1", "arm": arm, "value": t["worst_std_ratio"]})
+    return rows
+
+
 def run_metrics(run_dir: str | Path, done: set[str] | None = None) -> list[dict]:
     """``[{metric, arm, value}]`` for one run folder (percentages in percent). With ``done`` (notebook
     names finished with the run's current stage keys), metrics of other notebooks are left out."""
@@ -54,25 +82,7 @@ def run_metrics(run_dir: str | Path, done: set[str] | None = None) -> list[dict]
         rows.append({"metric": "nearest-prototype test accuracy %", "arm": "class means",
                      "value": 100 * proto["class_means"]["test_accuracy"]})
     ev = _read_json(run_layout.metrics_file(run_dir)) if ok("06_") else None
-    if ev:
-        for arm, s in ev["tstr"]["sets"].items():
-            rows.append({"metric": "TSTR macro F1 %", "arm": arm, "value": 100 * s["mean"]["f1"]})
-        comp = ev["tstr"].get("comparison")
-        if comp:
-            rows.append({"metric": "TSTR F1 difference (points)", "arm": "prototype - baseline",
-                         "value": 100 * comp["diff"]})
-        for r in ev.get("fidelity", []):
-            if r.get("class_name") != "all":
-                continue
-            for key, name, scale in (("prototype_consistency", "prototype consistency %", 100),
-                                     ("precision", "precision %", 100), ("recall", "recall %", 100),
-                                     ("density", "density", 1), ("coverage", "coverage %", 100),
-                                     ("kid_mean", "KID", 1)):
-                if r.get(key) is not None:
-                    rows.append({"metric": name, "arm": r["arm"], "value": scale * float(r[key])})
-        for arm, t in (ev.get("tone") or {}).items():
-            rows.append({"metric": "largest |channel mean gap|", "arm": arm, "value": t["max_abs_mean_gap"]})
-            rows.append({"metric": "channel std ratio farthest from 1", "arm": arm, "value": t["worst_std_ratio"]})
+    rows += evaluation_rows(ev)
     facts = manifest.load(run_dir).get("facts", {}).get("07_plausibility_review", {}) if ok("07_") else {}
     for arm, value in (facts.get("objective_mean") or {}).items():
         rows.append({"metric": "objective plausibility %", "arm": arm, "value": float(value)})

@@ -81,3 +81,52 @@ def test_gap_to_real_and_its_change_against_the_reference(tool, tmp_path):
 def test_a_screening_scored_on_the_test_split_is_refused(tool, tmp_path):
     with pytest.raises(StudyInputError, match="scored on the test split"):
         tool.dataset_table(_sweep(tmp_path / "s", eval_split="test"), "laptop")
+
+
+def _results(root: Path, seed: int, gaps: dict, cpu: str = "AVX512+AMX+AVX512_BF16", split: str = "validation") -> Path:
+    """A results folder of one sitting (python -m improve_lib results): per variant a run whose real images score
+    60 % and whose better arm scores 60 - gap (only the files the over-seeds table reads)."""
+    (root / "runs").mkdir(parents=True)
+    (root / "sweep.yaml").write_text(yaml.safe_dump({"dataset": "bone_marrow", "grid": {"RECIPE": list(gaps)}}))
+    for variant, gap in gaps.items():
+        run = root / "runs" / f"recipe_{variant}-seed{seed}"
+        run.mkdir()
+        f1 = {"baseline": (60 - gap) / 100, "prototype": (60 - gap - 1) / 100, "real": 0.6}
+        fidelity = [{"arm": arm, "class_name": "all", "kid_mean": 2.0 + gap / 10, "recall": 0.05}
+                    for arm in ("baseline", "prototype")]
+        (run / "metrics.json").write_text(json.dumps({"eval_split": split, "fidelity": fidelity, "tstr": {
+            "sets": {k: {"mean": {"f1": v}} for k, v in f1.items()}}}))
+        (run / "manifest.json").write_text(json.dumps({
+            "sweep": {"dataset": "bone_marrow", "seed": seed, "point": {"RECIPE": variant}},
+            "facts": {"04_train_diffusion": {"cpu_capability": {"baseline": cpu, "prototype": cpu}}}}))
+    return root
+
+
+def test_over_seeds_pairs_each_variant_with_the_reference_within_a_seed(tool, tmp_path):
+    first = _results(tmp_path / "s0", 0, {"laptop": 22.0, "rot90": 22.0, "cosine_3000": 12.0})
+    second = _results(tmp_path / "s1", 1, {"laptop": 18.0, "cosine_3000": 12.0}, cpu="AVX512+AVX512_BF16")
+    table = tool.over_seeds([first, second], "laptop")["bone_marrow"].set_index("variant")
+    assert list(table.index) == ["laptop", "rot90", "cosine_3000"]  # the sweeps' order, not alphabetical
+    cosine = table.loc["cosine_3000"]
+    assert cosine["gap per seed"] == "12.0 / 12.0" and cosine["gap"] == pytest.approx(12.0)
+    assert cosine["reference gap"] == pytest.approx(20.0) and table.loc["rot90", "reference gap"] == pytest.approx(22)
+    assert cosine["change"] == pytest.approx(-8.0) and cosine["paired seeds"] == 2  # -10 and -6, paired per seed
+    assert cosine["low"] < -8.0 < cosine["high"]
+    assert cosine["seeds"] == "0 (AVX512+AMX+AVX512_BF16), 1 (AVX512+AVX512_BF16)"
+    assert cosine["KID baseline"] == pytest.approx(3.2)
+    assert table.loc["rot90", "paired seeds"] == 1 and table.loc["rot90", "change"] == pytest.approx(0.0)
+    text = tool.over_seeds_markdown("bone_marrow", table.reset_index(), "laptop")
+    assert "| cosine_3000 | 0 (AVX512+AMX+AVX512_BF16), 1 (AVX512+AVX512_BF16) | 12.0 / 12.0 | 12.0 | 20.0 | -8.0 [" in text
+    assert "| rot90 | 0 (AVX512+AMX+AVX512_BF16) | 22.0 | 22.0 | 22.0 | +0.0 | 4.20 / 4.20 | 5.0 / 5.0 |" in text
+    tool.main(["--over-seeds", str(first), str(second), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "over_seeds.md").read_text() == text
+
+
+def test_over_seeds_refuses_the_test_split_and_a_run_counted_twice(tool, tmp_path):
+    with pytest.raises(StudyInputError, match="scored on the test split"):
+        tool.over_seeds([_results(tmp_path / "t", 0, {"laptop": 20.0}, split="test")], "laptop")
+    first = _results(tmp_path / "a", 0, {"laptop": 20.0})
+    with pytest.raises(StudyInputError, match="'laptop' seed 0 is in more than one folder"):
+        tool.over_seeds([first, _results(tmp_path / "b", 0, {"laptop": 20.0})], "laptop")
+    with pytest.raises(StudyInputError, match="reference variant 'w1'"):
+        tool.over_seeds([first], "w1")
