@@ -34,7 +34,7 @@ from improve_lib.core.errors import StudyInputError
 from improve_lib.core.files import atomic_path, atomic_write_text
 from improve_lib.diffusion import sample
 from improve_lib.metrics import tone
-from improve_lib.report import comparison, figures
+from improve_lib.report import comparison, figures, results_folder
 
 ARMS = ("baseline", "prototype")
 METRICS = (("KID", "KID", 2), ("recall %", "recall", 1), ("coverage %", "coverage", 1), ("precision %", "precision", 1))
@@ -51,13 +51,20 @@ def _runs(sweep: Path) -> pd.DataFrame:
     return runs[runs["status"].str.startswith(("done", "skipped"))]
 
 
+def _scored_on_validation(run: Path, metrics_file: Path) -> dict:
+    """The run's notebook 06 metrics, refused unless scored on the validation split (the choice never sees the test
+    split)."""
+    metrics = json.loads(metrics_file.read_text())
+    if metrics.get("eval_split") != "validation":
+        raise StudyInputError(f"{run}: scored on the {metrics.get('eval_split', 'test')} split; a recipe is chosen on "
+                              f"the validation split (N_VALIDATION >= 1, EVAL_SPLIT validation)")
+    return metrics
+
+
 def check_validation_split(sweep: Path) -> None:
-    """Every run of ``sweep`` scored on its validation split (the choice never sees the test split)."""
+    """Every run of ``sweep`` scored on its validation split."""
     for name in _runs(sweep)["run"]:
-        metrics = json.loads((sweep / name / "metrics" / "metrics.json").read_text())
-        if metrics.get("eval_split") != "validation":
-            raise StudyInputError(f"{sweep / name}: scored on the {metrics.get('eval_split', 'test')} split; a recipe "
-                                  f"is chosen on the validation split (N_VALIDATION >= 1, EVAL_SPLIT validation)")
+        _scored_on_validation(sweep / name, sweep / name / "metrics" / "metrics.json")
 
 
 def likeness_table(sweep: Path) -> pd.DataFrame:
@@ -146,21 +153,18 @@ def seed_rows(folder: Path) -> pd.DataFrame:
         raise StudyInputError(f"{folder}/runs: no run with a metrics.json (a folder written by python -m improve_lib "
                               f"results from a screening sweep)")
     for run in runs:
-        m, ev = manifest.load(run), json.loads((run / "metrics.json").read_text())
-        if ev.get("eval_split") != "validation":
-            raise StudyInputError(f"{run}: scored on the {ev.get('eval_split', 'test')} split; a recipe is chosen on "
-                                  f"the validation split")
-        cpu = (m.get("facts", {}).get("04_train_diffusion", {}).get("cpu_capability") or {}).values()
-        base = {"folder": str(folder), "dataset": m["sweep"]["dataset"], "variant": m["sweep"]["point"]["RECIPE"], "seed": m["sweep"]["seed"],
-                "cpu": "/".join(sorted(set(cpu))) or "-"}
+        m, ev = manifest.load(run), _scored_on_validation(run, run / "metrics.json")
+        base = {"folder": str(folder), "dataset": m["sweep"]["dataset"], "variant": m["sweep"]["point"]["RECIPE"],
+                "seed": m["sweep"]["seed"], "cpu": results_folder.trained_with(m, "cpu_capability")}
         rows += [{**base, **r} for r in comparison.evaluation_rows(ev)]
     return pd.DataFrame(rows)
 
 
 def over_seeds(folders: list[Path], reference: str) -> dict[str, pd.DataFrame]:
     """Per dataset, one row per variant: its gap (real minus the better arm's TSTR F1) per seed and its mean, the
-    reference's mean gap on the same seeds, and the change against ``reference`` paired within a seed, mean and 95 % t interval over the seeds both ran; KID and PRDC
-    recall per arm, mean over seeds. A (variant, seed) found in two folders is refused."""
+    reference's mean gap on the same seeds, and the change against ``reference`` paired within a seed, mean and 95 %
+    t interval over the seeds both ran; KID and PRDC recall per arm, mean over seeds. A (variant, seed) found in two
+    folders is refused."""
     long = pd.concat([seed_rows(f) for f in folders], ignore_index=True)
     runs = long.drop_duplicates(["folder", "dataset", "variant", "seed"])
     twice = runs[runs.duplicated(["dataset", "variant", "seed"], keep=False)]
@@ -206,9 +210,8 @@ def over_seeds_markdown(dataset: str, table: pd.DataFrame, reference: str) -> st
     for r in table.to_dict("records"):
         change = (f"{r['change']:+.1f}" + (f" [{r['low']:+.1f}, {r['high']:+.1f}]" if r["paired seeds"] > 1 else "")
                   if r["variant"] != reference else "-")
-        lines.append(f"| {r['variant']} | {r['seeds']} | {r['gap per seed']} | {r['gap']:.1f} | {r['reference gap']:.1f} "
-                     f"| {change} | "
-                     f"{r['KID baseline']:.2f} / {r['KID prototype']:.2f} | "
+        lines.append(f"| {r['variant']} | {r['seeds']} | {r['gap per seed']} | {r['gap']:.1f} | "
+                     f"{r['reference gap']:.1f} | {change} | {r['KID baseline']:.2f} / {r['KID prototype']:.2f} | "
                      f"{r['recall baseline']:.1f} / {r['recall prototype']:.1f} |")
     return "\n".join(lines) + "\n"
 

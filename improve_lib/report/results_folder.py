@@ -190,6 +190,13 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def trained_with(run_manifest: dict, fact: str) -> str:
+    """What notebook 04 recorded per arm under ``fact`` (``mixed_precision``, ``cpu_capability``), the distinct
+    values joined by ``/``; ``-`` when it recorded none."""
+    per_arm = run_manifest.get("facts", {}).get("04_train_diffusion", {}).get(fact) or {}
+    return "/".join(sorted(set(per_arm.values()))) or "-"
+
+
 def _read_runs(out_dir: Path) -> list[dict]:
     runs = []
     for run in _run_dirs(out_dir):
@@ -201,8 +208,7 @@ def _read_runs(out_dir: Path) -> list[dict]:
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
         trained = m.get("facts", {}).get("04_train_diffusion", {})
         runs.append({"name": run.name, "seed": (m.get("sweep") or {}).get("seed"), "tables": tables,
-                     "precision": "/".join(sorted(set((trained.get("mixed_precision") or {}).values()))) or "-",
-                     "cpu": "/".join(sorted(set((trained.get("cpu_capability") or {}).values()))) or "-",
+                     "precision": trained_with(m, "mixed_precision"), "cpu": trained_with(m, "cpu_capability"),
                      "commit": (m.get("git") or {}).get("commit", "")[:7],
                      "split": m.get("outputs", {}).get("data/split.csv"),
                      "comparison": (metrics.get("tstr") or {}).get("comparison"),
