@@ -16,12 +16,14 @@ as the sample grids the runs already hold.
 
 The same screening over the seeds run so far, from results folders (``python -m improve_lib results`` of each
 sitting's sweep; they keep every run's ``metrics.json`` and manifest, not its images): per dataset and variant the
-gap per seed, and the change of the gap against the reference variant paired within each seed (the two trained on
-the same split, seed and machine), mean and Student-t 95 % interval over seeds. Writes ``<out>/over_seeds.md``.
+gap per seed, and the change of the gap against the reference variant paired within each seed and CPU (the two
+trained on the same split, seed and machine: a seed rerun on another CPU is another replicate, its bf16 kernels round
+differently), mean and Student-t 95 % interval over the pairs. Writes ``<out>/over_seeds.md``.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -144,9 +146,10 @@ def sample_figure(sweep: Path, per_class: int = 2):
 
 
 def seed_rows(folder: Path) -> pd.DataFrame:
-    """One row per metric and arm of every run of a results folder: ``folder, dataset, variant, seed, cpu, metric,
-    arm, value`` (:func:`improve_lib.report.comparison.evaluation_rows` of the run's ``metrics.json``; ``cpu`` is what
-    notebook 04 recorded, e.g. ``AVX512+AMX+AVX512_BF16``). A run scored on the test split is refused."""
+    """One row per metric and arm of every run of a results folder: ``folder, dataset, variant, seed, cpu, result,
+    metric, arm, value`` (:func:`improve_lib.report.comparison.evaluation_rows` of the run's ``metrics.json``; ``cpu``
+    is what notebook 04 recorded, e.g. ``AVX512+AMX+AVX512_BF16``; ``result`` the sha256 of the ``metrics.json``, the
+    same when one run was condensed into two folders). A run scored on the test split is refused."""
     rows = []
     runs = sorted(p for p in (folder / "runs").glob("*") if (p / "metrics.json").is_file())
     if not runs:
@@ -155,27 +158,34 @@ def seed_rows(folder: Path) -> pd.DataFrame:
     for run in runs:
         m, ev = manifest.load(run), _scored_on_validation(run, run / "metrics.json")
         base = {"folder": str(folder), "dataset": m["sweep"]["dataset"], "variant": m["sweep"]["point"]["RECIPE"],
-                "seed": m["sweep"]["seed"], "cpu": results_folder.trained_with(m, "cpu_capability")}
+                "seed": m["sweep"]["seed"], "cpu": results_folder.trained_with(m, "cpu_capability"),
+                "result": hashlib.sha256((run / "metrics.json").read_bytes()).hexdigest()}
         rows += [{**base, **r} for r in comparison.evaluation_rows(ev)]
     return pd.DataFrame(rows)
 
 
 def over_seeds(folders: list[Path], reference: str) -> dict[str, pd.DataFrame]:
-    """Per dataset, one row per variant: its gap (real minus the better arm's TSTR F1) per seed and its mean, the
-    reference's mean gap on the same seeds, and the change against ``reference`` paired within a seed, mean and 95 %
-    t interval over the seeds both ran; KID and PRDC recall per arm, mean over seeds. A (variant, seed) found in two
-    folders is refused."""
+    """Per dataset, one row per variant: its gap (real minus the better arm's TSTR F1) per seed and CPU and its
+    mean, the reference's mean gap on the same seeds and CPUs, and the change against ``reference`` paired within a
+    seed and CPU, mean and 95 % t interval over the pairs; KID and PRDC recall per arm, mean over the runs. A run
+    found in two folders (the same ``metrics.json``, e.g. the reference of two sittings' sweeps) counts once; two
+    different runs of one (variant, seed, CPU) are refused."""
     long = pd.concat([seed_rows(f) for f in folders], ignore_index=True)
-    runs = long.drop_duplicates(["folder", "dataset", "variant", "seed"])
-    twice = runs[runs.duplicated(["dataset", "variant", "seed"], keep=False)]
+    long = long.drop_duplicates(["dataset", "variant", "seed", "cpu", "result", "metric", "arm"])
+    runs = long.drop_duplicates(["dataset", "variant", "seed", "cpu", "result"])
+    twice = runs[runs.duplicated(["dataset", "variant", "seed", "cpu"], keep=False)]
     if len(twice):
-        raise StudyInputError(f"{', '.join(map(str, folders))}: variant {twice['variant'].iloc[0]!r} seed "
-                              f"{twice['seed'].iloc[0]} is in more than one folder")
+        first = twice.iloc[0]
+        same = (twice[["variant", "seed", "cpu"]] == first[["variant", "seed", "cpu"]]).all(axis=1)
+        where = ", ".join(sorted(set(twice.loc[same, "folder"])))
+        raise StudyInputError(f"variant {first['variant']!r} seed {first['seed']} on {first['cpu']}: two different runs "
+                              f"(their metrics.json differ) in {where}; give one of them")
     # the preset's order of variants, as each sitting's sweep.yaml lists them
     order = list(dict.fromkeys([*(v for f in folders for v in (yaml.safe_load((f / "sweep.yaml").read_text())
                                                                 .get("grid") or {}).get("RECIPE", [])),
                                 *long["variant"]]))
-    wide = long.pivot_table(index=["dataset", "variant", "seed"], columns=["metric", "arm"], values="value")
+    # a replicate is a seed on a CPU: the pairs below match both
+    wide = long.pivot_table(index=["dataset", "variant", "seed", "cpu"], columns=["metric", "arm"], values="value")
     f1 = wide["TSTR macro F1 %"]
     gap = (f1["real"] - f1[list(ARMS)].max(axis=1)).rename("gap")
     tables = {}
@@ -189,8 +199,7 @@ def over_seeds(folders: list[Path], reference: str) -> dict[str, pd.DataFrame]:
             mine = g.loc[variant]
             paired = (mine - ref).dropna()
             mean, low, high = comparison.t_interval(paired.tolist())
-            cpus = runs[(runs["dataset"] == dataset) & (runs["variant"] == variant)].set_index("seed")["cpu"]
-            row = {"variant": variant, "seeds": ", ".join(f"{s} ({cpus[s]})" for s in mine.index),
+            row = {"variant": variant, "seeds": ", ".join(f"{s} ({cpu})" for s, cpu in mine.index),
                    "gap per seed": " / ".join(f"{v:.1f}" for v in mine), "gap": mine.mean(),
                    # the gap moves with each seed's validation split: the reference's on the same seeds
                    "reference gap": ref.reindex(mine.index).mean(),
@@ -204,7 +213,7 @@ def over_seeds(folders: list[Path], reference: str) -> dict[str, pd.DataFrame]:
 
 def over_seeds_markdown(dataset: str, table: pd.DataFrame, reference: str) -> str:
     """The over-seeds table a README shows."""
-    lines = [f"**{dataset}** (validation split; the change is paired with {reference} within each seed)", "",
+    lines = [f"**{dataset}** (validation split; the change is paired with {reference} within each seed and CPU)", "",
              f"| variant | seeds (CPU) | gap per seed | gap, mean | {reference}'s gap, same seeds | change against "
              f"{reference}, mean [95 % t] | KID (b / p) | recall % (b / p) |", "|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):

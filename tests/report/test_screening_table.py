@@ -122,11 +122,28 @@ def test_over_seeds_pairs_each_variant_with_the_reference_within_a_seed(tool, tm
     assert (tmp_path / "out" / "over_seeds.md").read_text() == text
 
 
-def test_over_seeds_refuses_the_test_split_and_a_run_counted_twice(tool, tmp_path):
+def test_over_seeds_refuses_the_test_split_and_two_runs_of_one_seed(tool, tmp_path):
     with pytest.raises(StudyInputError, match="scored on the test split"):
         tool.over_seeds([_results(tmp_path / "t", 0, {"laptop": 20.0}, split="test")], "laptop")
     first = _results(tmp_path / "a", 0, {"laptop": 20.0})
-    with pytest.raises(StudyInputError, match="'laptop' seed 0 is in more than one folder"):
-        tool.over_seeds([first, _results(tmp_path / "b", 0, {"laptop": 20.0})], "laptop")
+    with pytest.raises(StudyInputError, match="'laptop' seed 0 on AVX512\\+AMX\\+AVX512_BF16: two different runs"):
+        tool.over_seeds([first, _results(tmp_path / "b", 0, {"laptop": 21.0})], "laptop")
+    # the same run condensed into two sittings' folders (their reference) counts once
+    again = _results(tmp_path / "c", 0, {"laptop": 20.0, "rot90": 18.0})
+    table = tool.over_seeds([first, again], "laptop")["bone_marrow"].set_index("variant")
+    assert table.loc["laptop", "gap per seed"] == "20.0" and table.loc["rot90", "change"] == pytest.approx(-2.0)
     with pytest.raises(StudyInputError, match="reference variant 'w1'"):
         tool.over_seeds([first], "w1")
+
+
+def test_a_seed_rerun_on_another_cpu_is_paired_with_the_reference_run_on_that_cpu(tool, tmp_path):
+    """Seed 0 on the AMX machine (laptop and rot90) and again on the AVX-512 BF16 one (laptop and cosine_3000): each
+    variant meets the laptop run of its own machine, and laptop lists both runs."""
+    amx = _results(tmp_path / "amx", 0, {"laptop": 22.0, "rot90": 20.0})
+    avx = _results(tmp_path / "avx", 0, {"laptop": 16.0, "cosine_3000": 10.0}, cpu="AVX512+AVX512_BF16")
+    table = tool.over_seeds([amx, avx], "laptop")["bone_marrow"].set_index("variant")
+    assert table.loc["laptop", "seeds"] == "0 (AVX512+AMX+AVX512_BF16), 0 (AVX512+AVX512_BF16)"
+    assert table.loc["laptop", "gap per seed"] == "22.0 / 16.0"
+    assert table.loc["rot90", "change"] == pytest.approx(-2.0) and table.loc["rot90", "reference gap"] == 22.0
+    assert table.loc["cosine_3000", "change"] == pytest.approx(-6.0)
+    assert table.loc["cosine_3000", "reference gap"] == 16.0 and table.loc["cosine_3000", "paired seeds"] == 1
