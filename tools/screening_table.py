@@ -170,22 +170,21 @@ def over_seeds(folders: list[Path], reference: str) -> dict[str, pd.DataFrame]:
     seed and CPU, mean and 95 % t interval over the pairs; KID and PRDC recall per arm, mean over the runs. A run
     found in two folders (the same ``metrics.json``, e.g. the reference of two sittings' sweeps) counts once; two
     different runs of one (variant, seed, CPU) are refused."""
+    replicate = ["dataset", "variant", "seed", "cpu"]
     long = pd.concat([seed_rows(f) for f in folders], ignore_index=True)
-    long = long.drop_duplicates(["dataset", "variant", "seed", "cpu", "result", "metric", "arm"])
-    runs = long.drop_duplicates(["dataset", "variant", "seed", "cpu", "result"])
-    twice = runs[runs.duplicated(["dataset", "variant", "seed", "cpu"], keep=False)]
+    long = long.drop_duplicates([*replicate, "result", "metric", "arm"])
+    runs = long.drop_duplicates([*replicate, "result"])
+    twice = runs[runs.duplicated(replicate, keep=False)]
     if len(twice):
-        first = twice.iloc[0]
-        same = (twice[["variant", "seed", "cpu"]] == first[["variant", "seed", "cpu"]]).all(axis=1)
-        where = ", ".join(sorted(set(twice.loc[same, "folder"])))
-        raise StudyInputError(f"variant {first['variant']!r} seed {first['seed']} on {first['cpu']}: two different runs "
-                              f"(their metrics.json differ) in {where}; give one of them")
+        (_, variant, seed, cpu), group = next(iter(twice.groupby(replicate, sort=False)))
+        raise StudyInputError(f"variant {variant!r} seed {seed} on {cpu}: two different runs (their metrics.json "
+                              f"differ) in {', '.join(sorted(set(group['folder'])))}; give one of them")
     # the preset's order of variants, as each sitting's sweep.yaml lists them
     order = list(dict.fromkeys([*(v for f in folders for v in (yaml.safe_load((f / "sweep.yaml").read_text())
                                                                 .get("grid") or {}).get("RECIPE", [])),
                                 *long["variant"]]))
     # a replicate is a seed on a CPU: the pairs below match both
-    wide = long.pivot_table(index=["dataset", "variant", "seed", "cpu"], columns=["metric", "arm"], values="value")
+    wide = long.pivot_table(index=replicate, columns=["metric", "arm"], values="value")
     f1 = wide["TSTR macro F1 %"]
     gap = (f1["real"] - f1[list(ARMS)].max(axis=1)).rename("gap")
     tables = {}
