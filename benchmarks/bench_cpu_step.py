@@ -81,6 +81,8 @@ def batches(n: int, batch: int, res: int, classes: int, seed: int = 0):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--layers", type=int, default=None,
+                   help="ResNet layers per level (LAYERS_PER_BLOCK; default: notebook 04's)")
     p.add_argument("--cond-dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--resolution", type=int, default=32)
@@ -94,6 +96,8 @@ def main() -> None:
     classes = 6
     cfg = {**notebook_defaults("04"), "BASE_CHANNELS": args.channels[0], "RESOLUTION": args.resolution,
            "CHANNEL_MULT": [c // args.channels[0] for c in args.channels], "COND_DIM": args.cond_dim}
+    if args.layers is not None:
+        cfg["LAYERS_PER_BLOCK"] = args.layers
     flops = unet.count_flops_per_step(unet.build_unet(cfg, classes), args.batch, args.resolution)["step"]
     data = batches(args.steps, args.batch, args.resolution, classes)
     steps = {o: make_step(o, cfg, classes) for o in args.options}
@@ -114,7 +118,8 @@ def main() -> None:
     out = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "amx": torch.cpu._is_amx_tile_supported(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
            "threads": torch.get_num_threads(), "usable_cpus": machine.usable_cpus(),
-           "channels": args.channels, "batch": args.batch, "resolution": args.resolution,
+           "channels": args.channels, "layers_per_block": cfg["LAYERS_PER_BLOCK"], "batch": args.batch,
+           "resolution": args.resolution,
            "gflop_per_step": round(flops / 1e9, 2),
            "matmul_gflops": {"fp32": round(fp32_mm, 1), "bf16": round(bf16_mm, 1)},
            "options": {o: {"s_per_step": round(med[o], 4), "speed_vs_fp32": round(med["fp32"] / med[o], 3)
