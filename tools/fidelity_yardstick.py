@@ -68,6 +68,7 @@ def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def by_class(vectors: np.ndarray, labels: np.ndarray, class_names) -> dict[str, np.ndarray]:
+    """``vectors`` split by class name (``labels`` index ``class_names``), as notebook 06 passes them to fidelity_table."""
     return {c: vectors[labels == i] for i, c in enumerate(class_names)}
 
 
