@@ -38,7 +38,7 @@ from improve_lib.core import manifest, run_layout  # noqa: E402
 from improve_lib.core.errors import StudyInputError  # noqa: E402
 from improve_lib.core.files import atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from improve_lib.diffusion import sample  # noqa: E402
-from improve_lib.metrics import fidelity, tone  # noqa: E402
+from improve_lib.metrics import fidelity, probe, tone  # noqa: E402
 
 NEEDED = ("RESOLUTION", "ENCODER", "EVAL_SPLIT", "EMBED_BATCH_SIZE", "ARMS", "N_PER_CLASS", "SEED", "DATASET")
 
@@ -76,34 +76,34 @@ def measure_run(run_dir: Path, sigmas, scratch: Path, progress: bool = False) ->
     """One row per set: the run's real training images blurred by each sigma, then each arm's samples;
     columns ``detail_ratio`` and the pooled ("all" classes) PRDC and KID against the run's eval split."""
     p = run_params(run_dir)
-    res, batch = int(p["RESOLUTION"]), int(p["EMBED_BATCH_SIZE"])
+    res = int(p["RESOLUTION"])
     class_names = data.class_names_of(data.read_split(run_dir))
     encoder = encoders.load_encoder(p["ENCODER"])
-    cache = p.get("CACHE_DIR")
-
-    def embed(paths, cache_dir=cache):
-        return embeddings.embed_paths(list(paths), encoder, cache_dir, batch_size=batch, progress=progress)
-
-    held_out = fidelity.resized_real(run_dir, p["EVAL_SPLIT"], res)
-    real = by_class(embed(held_out.path), held_out.label.to_numpy(), class_names)
+    # the held-out images and the arms' samples embedded as notebook 06 embeds them (through the run's cache)
+    vectors, labels = probe.embedded_sets(run_dir, p["ARMS"], class_names, int(p["N_PER_CLASS"]), res, encoder,
+                                          p.get("CACHE_DIR"), batch_size=int(p["EMBED_BATCH_SIZE"]),
+                                          progress=progress, eval_split=p["EVAL_SPLIT"])
     train = fidelity.resized_real(run_dir, "train", res)
-    train_images, train_labels = data.load_images(train.path, res), train.label.to_numpy()
-    reference = tone.detail(train_images)
-    sets, detail = {}, {}
+    train_images = data.load_images(train.path, res)
+    images = {}  # each measured set's images, in the order of the table
     for s in sigmas:
         name = f"real train, blur {s:g} px"
-        images = blurred(train_images, s)
         folder = scratch / run_dir.name / f"blur_{s:g}"
-        paths = [sample.save_png(im, folder / f"{i:05d}.png") for i, im in enumerate(images)]
+        paths = [sample.save_png(im, folder / f"{i:05d}.png") for i, im in enumerate(blurred(train_images, s))]
         # blurred images go through a throwaway cache: the user's embedding cache keeps only their own images
-        sets[name] = by_class(embed(paths, scratch / "cache"), train_labels, class_names)
-        detail[name] = tone.detail(data.load_images(paths, res)) / reference
+        vectors[name] = embeddings.embed_paths(paths, encoder, scratch / "cache", batch_size=int(p["EMBED_BATCH_SIZE"]),
+                                               progress=progress)
+        labels[name] = train.label.to_numpy()
+        images[name] = data.load_images(paths, res)  # as written: 8-bit, like the samples
     for arm in p["ARMS"]:
-        t = sample.read_samples(run_dir, arm, class_names, int(p["N_PER_CLASS"]))
-        sets[f"{arm} samples"] = by_class(embed(t.path), t.label.to_numpy(), class_names)
-        detail[f"{arm} samples"] = tone.detail(data.load_images(t.path, res)) / reference
+        name = f"{arm} samples"
+        vectors[name], labels[name] = vectors[arm], labels[arm]
+        images[name] = data.load_images(sample.read_samples(run_dir, arm, class_names, int(p["N_PER_CLASS"])).path, res)
+    sets = {name: by_class(vectors[name], labels[name], class_names) for name in images}
+    detail = {name: r["detail_ratio"] for name, r in tone.likeness(train_images, images).items()}
     space = prototype_files.load_space(run_dir)
-    table = fidelity.fidelity_table(real, sets, space["prototypes"].numpy(), projection=space["projection"],
+    table = fidelity.fidelity_table(by_class(vectors[probe.TEST], labels[probe.TEST], class_names), sets,
+                                    space["prototypes"].numpy(), projection=space["projection"],
                                     normalize=space["normalize"], class_names=class_names, seed=int(p["SEED"]))
     table = table[table.class_name == "all"]
     return pd.DataFrame({

@@ -23,7 +23,6 @@ differently), mean and Student-t 95 % interval over the pairs. Writes ``<out>/ov
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import yaml
 from improve_lib import data
 from improve_lib.core import manifest
 from improve_lib.core.errors import StudyInputError
-from improve_lib.core.files import atomic_path, atomic_write_text
+from improve_lib.core.files import atomic_path, atomic_write_text, sha256_file
 from improve_lib.diffusion import sample
 from improve_lib.metrics import tone
 from improve_lib.report import comparison, figures, results_folder
@@ -159,7 +158,7 @@ def seed_rows(folder: Path) -> pd.DataFrame:
         m, ev = manifest.load(run), _scored_on_validation(run, run / "metrics.json")
         base = {"folder": str(folder), "dataset": m["sweep"]["dataset"], "variant": m["sweep"]["point"]["RECIPE"],
                 "seed": m["sweep"]["seed"], "cpu": results_folder.trained_with(m, "cpu_capability"),
-                "result": hashlib.sha256((run / "metrics.json").read_bytes()).hexdigest()}
+                "result": sha256_file(run / "metrics.json")}
         rows += [{**base, **r} for r in comparison.evaluation_rows(ev)]
     return pd.DataFrame(rows)
 
