@@ -14,8 +14,10 @@ DATA=${2:-../shared/data}
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 PY=.venv/bin/python
-# ARM_SCHEDULE=in_turn: the protocol the first replicates ran with (the laptop profile now trains the arms side by side)
-sweep() { "$PY" -m improve_lib sweep --profile laptop --no-progress --no-compare --set ARM_SCHEDULE=in_turn "$@"; }
+# ARM_SCHEDULE=in_turn, LR=0.0003 and LR_SCHEDULE=constant: the protocol and recipe the registered replicates ran
+# with (the laptop profile now trains the arms side by side, at the learning rate the recipe screening chose)
+sweep() { "$PY" -m improve_lib sweep --profile laptop --no-progress --no-compare --set ARM_SCHEDULE=in_turn \
+  --set LR=0.0003 --set LR_SCHEDULE=constant "$@"; }
 seeds=""
 for s in 3 4 5 6 7 8 9 10; do
   seeds="${seeds:+$seeds,}$s"
